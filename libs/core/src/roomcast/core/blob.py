@@ -1,0 +1,89 @@
+"""The blob: one merged message per room per window, as ingest publishes it and viewers get it.
+
+A blob is a JSON object, sent to viewers byte for byte as ingest built it:
+
+    {"type":"blob","room":"lobby","partition":3,"offsets":[10,11,14],"events":[{...},{...},{...}]}
+
+`events` holds the producers' original JSON values, in Kafka order, embedded as their bytes
+(never decoded and re-encoded). `offsets[i]` is the Kafka offset of `events[i]` in `partition`:
+with the room, it is each event's position, which makes duplicate dropping exact at event
+granularity even when a replay merges events into different blobs (see `positions.Deduper`).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from roomcast.core.errors import EventError
+
+MAX_EVENT_BYTES = 64 * 1024
+"""Default limit on one event's JSON value; bigger ones go to the dead-letter topic."""
+
+_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
+
+
+def check_event(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> bytes:
+    """Return `value` if it is one JSON value of at most `max_bytes`, else raise EventError.
+
+    Validates the JSON without building Python objects (msgspec skips it as `Raw`).
+    """
+    if value is None:
+        raise EventError("no_value", "record has no value; an event is one JSON value")
+    if len(value) > max_bytes:
+        raise EventError(
+            "too_big", f"event is {len(value)} bytes; the limit is {max_bytes} (--max-event-bytes)"
+        )
+    try:
+        _raw_decoder.decode(value)
+    except msgspec.DecodeError as exc:
+        raise EventError("not_json", f"event is not valid JSON: {exc}") from None
+    return value
+
+
+def encode_blob(room: str, partition: int, offsets: list[int], events: list[bytes]) -> bytes:
+    """Join already-validated JSON events into one blob. `room` must be a valid room name
+    (its characters need no JSON escaping)."""
+    return b"".join(
+        (
+            b'{"type":"blob","room":"',
+            room.encode(),
+            b'","partition":',
+            str(partition).encode(),
+            b',"offsets":[',
+            ",".join(map(str, offsets)).encode(),
+            b'],"events":[',
+            b",".join(events),
+            b"]}",
+        )
+    )
+
+
+def blob_msg_id(room: str, partition: int, offsets: list[int]) -> str:
+    """The JetStream Msg-Id of a blob: the same blob published twice is stored once."""
+    return f"{room}/{partition}/{offsets[0]}-{offsets[-1]}/{len(offsets)}"
+
+
+class Blob(msgspec.Struct, frozen=True):
+    """A decoded blob (clients and tests; the hot path never decodes blobs)."""
+
+    room: str
+    partition: int
+    offsets: list[int]
+    events: list[msgspec.Raw]
+    type: str = "blob"
+
+    def decoded_events(self) -> list[object]:
+        return [msgspec.json.decode(e) for e in self.events]
+
+
+_blob_decoder = msgspec.json.Decoder(Blob)
+
+
+def decode_blob(data: bytes | str) -> Blob:
+    """Decode a blob; raises msgspec.ValidationError / DecodeError if it is not one."""
+    blob = _blob_decoder.decode(data)
+    if len(blob.offsets) != len(blob.events):
+        raise msgspec.ValidationError(
+            f"blob has {len(blob.offsets)} offsets for {len(blob.events)} events"
+        )
+    return blob

@@ -1,0 +1,128 @@
+"""The viewer protocol: what travels on `/ws` besides blobs, and the close codes.
+
+Client -> server (JSON text messages):
+    {"type": "join", "room": "lobby"}
+    {"type": "leave", "room": "lobby"}
+    {"type": "ping"}                      (an app-level ping; WebSocket pings work too)
+
+Server -> client: blobs exactly as ingest built them (`{"type":"blob",...}`, see `blob`), and
+    {"type": "joined", "room": "lobby"}
+    {"type": "left", "room": "lobby"}
+    {"type": "pong"}
+    {"type": "error", "code": "bad_room", "message": "..."}
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Literal
+
+import msgspec
+
+from roomcast.core.errors import ProtocolError, RoomNameError
+from roomcast.core.rooms import check_room
+
+
+class CloseCode(enum.IntEnum):
+    """Close codes roomcast sends, and whether a client should reconnect and resume."""
+
+    NORMAL = 1000
+    GOING_AWAY = 1001
+    BAD_MESSAGE = 1008  # a client message that breaks the protocol
+    TOO_BIG = 1009  # a client message over the size limit
+    INTERNAL = 1011
+    DRAINING = 1012  # the gateway is restarting: reconnect (elsewhere) and resume
+    UNAUTHORIZED = 4001
+    TOO_MANY_ROOMS = 4003
+    SLOW_VIEWER = 4008  # fell behind the fan-out: reconnect and resume from the last position
+    GATEWAY_FULL = 4013  # worker at its viewer limit: try again later, with backoff
+
+    @property
+    def resumable(self) -> bool:
+        """True if the client should reconnect (with backoff) and resume where it was."""
+        return self in _RESUMABLE
+
+
+_RESUMABLE = frozenset(
+    {
+        CloseCode.GOING_AWAY,
+        CloseCode.INTERNAL,
+        CloseCode.DRAINING,
+        CloseCode.SLOW_VIEWER,
+        CloseCode.GATEWAY_FULL,
+    }
+)
+
+
+class Join(msgspec.Struct, tag="join", tag_field="type", frozen=True):
+    room: str
+
+
+class Leave(msgspec.Struct, tag="leave", tag_field="type", frozen=True):
+    room: str
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="type", frozen=True):
+    pass
+
+
+ClientMessage = Join | Leave | Ping
+_client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
+
+
+def parse_client_message(data: bytes | str) -> ClientMessage:
+    """Decode one client message, checking room names; raise ProtocolError if it is bad."""
+    try:
+        msg: ClientMessage = _client_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError("bad_message", f"not a roomcast message: {exc}") from None
+    if isinstance(msg, Join | Leave):
+        try:
+            check_room(msg.room)
+        except RoomNameError as exc:
+            raise ProtocolError("bad_room", str(exc)) from None
+    return msg
+
+
+class _Ack(msgspec.Struct, tag_field="type", frozen=True):
+    room: str
+
+
+class Joined(_Ack, tag="joined", frozen=True):
+    pass
+
+
+class Left(_Ack, tag="left", frozen=True):
+    pass
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="type", frozen=True):
+    pass
+
+
+class Error(msgspec.Struct, tag="error", tag_field="type", frozen=True):
+    code: str
+    message: str
+
+
+ServerMessage = Joined | Left | Pong | Error
+_encoder = msgspec.json.Encoder()
+
+
+def encode_server_message(msg: ServerMessage) -> bytes:
+    return _encoder.encode(msg)
+
+
+ServerKind = Literal["blob", "joined", "left", "pong", "error"]
+
+
+class _Kind(msgspec.Struct):
+    type: str
+
+
+_kind_decoder = msgspec.json.Decoder(_Kind)
+
+
+def message_type(data: bytes | str) -> str:
+    """The `type` of any server message (clients dispatch on it)."""
+    return _kind_decoder.decode(data).type
