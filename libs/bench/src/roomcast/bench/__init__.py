@@ -1,0 +1,1 @@
+"""roomcast.bench: the one way roomcast's speed is measured."""
