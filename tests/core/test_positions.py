@@ -1,0 +1,63 @@
+"""Commit-after-ack tracking and event-level dedup."""
+
+from __future__ import annotations
+
+import msgspec
+
+from roomcast.core.blob import decode_blob, encode_blob
+from roomcast.core.positions import Deduper, PartitionOffsets
+
+
+def test_nothing_consumed_means_nothing_to_commit() -> None:
+    assert PartitionOffsets().committable() is None
+
+
+def test_commit_stops_below_the_oldest_unacked_event() -> None:
+    p = PartitionOffsets()
+    for o in range(10, 16):
+        p.consumed(o)
+    assert p.committable() == 10
+    p.done([12, 13])  # a later blob acked first
+    assert p.committable() == 10
+    p.done([10, 11])
+    assert p.committable() == 14
+    p.done([14, 15])
+    assert p.committable() == 16
+    assert p.in_flight == 0
+
+
+def test_gaps_in_offsets_are_fine() -> None:
+    p = PartitionOffsets()
+    for o in (3, 7, 20):
+        p.consumed(o)
+    p.done([3, 7])
+    assert p.committable() == 20
+    p.done([20])
+    assert p.committable() == 21
+
+
+def blob(room: str, part: int, offsets: list[int]) -> bytes:
+    return encode_blob(room, part, offsets, [b'{"o":%d}' % o for o in offsets])
+
+
+def test_dedup_drops_replayed_events_even_when_merged_differently() -> None:
+    d = Deduper()
+    first = [blob("r", 0, [1, 2, 3]), blob("r", 0, [4, 5])]
+    replay = [blob("r", 0, [3, 4]), blob("r", 0, [5, 6, 7])]  # other merge boundaries
+    got = [o for b in first + replay for o, _ in d.fresh(decode_blob(b))]
+    assert got == [1, 2, 3, 4, 5, 6, 7]
+
+
+def test_dedup_is_per_room_and_partition() -> None:
+    d = Deduper()
+    assert [o for o, _ in d.fresh(decode_blob(blob("a", 0, [5])))] == [5]
+    assert [o for o, _ in d.fresh(decode_blob(blob("b", 0, [1])))] == [1]
+    assert [o for o, _ in d.fresh(decode_blob(blob("a", 1, [1])))] == [1]
+    assert d.fresh(decode_blob(blob("a", 0, [5]))) == []
+    assert d.last("a", 0) == 5
+
+
+def test_dedup_returns_the_event_bytes() -> None:
+    d = Deduper()
+    ((off, raw),) = d.fresh(decode_blob(blob("r", 3, [42])))
+    assert off == 42 and msgspec.json.decode(raw) == {"o": 42}
