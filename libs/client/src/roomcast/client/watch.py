@@ -1,0 +1,94 @@
+"""`roomcast watch`: join rooms and print each blob as it arrives (a person's view of a room)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+
+import click
+
+from roomcast.client.viewer import Viewer, ViewerClosed
+from roomcast.core.errors import RoomcastError
+
+
+@click.command()
+@click.argument("rooms", nargs=-1, required=True)
+@click.option(
+    "--url",
+    default="ws://127.0.0.1:8080/ws",
+    show_default=True,
+    show_envvar=True,
+    help="The gateway's WebSocket endpoint.",
+)
+@click.option(
+    "--events",
+    "per_event",
+    is_flag=True,
+    help="Print one line per event (after dedup) instead of one line per blob.",
+)
+@click.option(
+    "--count", type=int, default=0, help="Exit after this many blobs (0: run until Ctrl-C)."
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=0,
+    help="Exit with status 1 if --count blobs have not arrived after this many seconds (0: wait).",
+)
+def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout: float) -> None:
+    """Join ROOMS on a gateway and print each blob as it arrives.
+
+    \b
+    Each blob line shows the arrival time, the room, how many events it merged and their Kafka
+    positions, then the blob itself as the gateway sent it:
+        12:00:01.004 lobby p3 10..14 (5 events) {"type":"blob","room":"lobby",...}
+    The viewer reconnects by itself if the gateway restarts, and never prints an event twice.
+    """
+    try:
+        ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout))
+    except KeyboardInterrupt:
+        ok = True
+    except (RoomcastError, OSError) as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(0 if ok else 1)
+
+
+async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_s: float) -> bool:
+    seen = 0
+    out = sys.stdout
+
+    async def loop() -> None:
+        nonlocal seen
+        async with Viewer(url, rooms) as viewer:
+            async for got in viewer:
+                stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
+                b = got.blob
+                if per_event:
+                    for offset, event in got.fresh:
+                        out.write(f"{stamp} {b.room} p{b.partition}@{offset} {event.decode()}\n")
+                else:
+                    span = f"{b.offsets[0]}..{b.offsets[-1]}" if b.offsets else "-"
+                    n = len(b.offsets)
+                    out.write(
+                        f"{stamp} {b.room} p{b.partition} {span} ({n} event{'s' * (n != 1)}) "
+                        f"{got.raw.decode()}\n"
+                    )
+                out.flush()
+                seen += 1
+                if count and seen >= count:
+                    return
+
+    try:
+        if limit_s > 0:
+            async with asyncio.timeout(limit_s):
+                await loop()
+        else:
+            await loop()
+    except TimeoutError:
+        click.echo(f"watch: {seen} of {count} blobs after {limit_s:g}s", err=True)
+        return False
+    except ViewerClosed as exc:
+        click.echo(f"watch: {exc}", err=True)
+        return False
+    return True
