@@ -1,0 +1,148 @@
+"""The whole chain on real brokers: producer -> Kafka -> ingest -> NATS -> gateway -> viewers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from websockets.asyncio.client import ClientConnection, connect
+
+from roomcast.core.blob import decode_blob
+from roomcast.core.protocol import message_type
+
+from .conftest import Service, free_port, unique, wait_http_ok
+
+WINDOW_MS = 500
+EVENTS = 1000
+PRODUCE_SECONDS = 5.0
+
+
+async def create_topic(kafka: str, name: str, partitions: int) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+async def join(ws: ClientConnection, room: str) -> None:
+    await ws.send(json.dumps({"type": "join", "room": room}))
+    while True:
+        msg = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if msg["type"] == "joined" and msg["room"] == room:
+            return
+
+
+async def test_every_viewer_gets_exactly_its_rooms_events_in_order_and_merged(
+    kafka_bootstrap: str, nats_url: str, services: Callable[[str, list[str]], Service]
+) -> None:
+    topic, prefix = unique("e2e"), unique("e2e").replace("-", "_")
+    await create_topic(kafka_bootstrap, topic, 8)
+    await create_topic(kafka_bootstrap, topic + ".dlq", 1)
+    port = free_port()
+    gateway = services(
+        "gateway",
+        [
+            "gateway",
+            "--nats",
+            nats_url,
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--subject-prefix",
+            prefix,
+        ],
+    )
+    services(
+        "ingest",
+        [
+            "ingest",
+            "--kafka",
+            kafka_bootstrap,
+            "--nats",
+            nats_url,
+            "--topic",
+            topic,
+            "--group",
+            unique("g"),
+            "--window-ms",
+            str(WINDOW_MS),
+            "--subject-prefix",
+            prefix,
+            "--stream",
+            unique("S").replace("-", "_"),
+            "--metrics-port",
+            "0",
+        ],
+    )
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
+
+    rooms = [unique("room") for _ in range(3)]
+    # 30 viewers; every third one also watches the next room.
+    plan = [[rooms[i % 3]] + ([rooms[(i + 1) % 3]] if i % 3 == 0 else []) for i in range(30)]
+    viewers = [
+        await connect(f"ws://127.0.0.1:{port}/ws", compression=None, max_size=None) for _ in plan
+    ]
+    for ws, their_rooms in zip(viewers, plan, strict=True):
+        for room in their_rooms:
+            await join(ws, room)
+
+    received: list[dict[str, list[int]]] = [defaultdict(list) for _ in plan]
+    frames: list[dict[str, int]] = [defaultdict(int) for _ in plan]
+
+    async def read(i: int, ws: ClientConnection) -> None:
+        async for data in ws:
+            if message_type(data) != "blob":
+                continue
+            blob = decode_blob(data)
+            frames[i][blob.room] += 1
+            received[i][blob.room] += [e["seq"] for e in blob.decoded_events()]  # type: ignore[index]
+
+    readers = [asyncio.create_task(read(i, ws)) for i, ws in enumerate(viewers)]
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", linger_ms=2)
+    await producer.start()
+    sent: dict[str, int] = defaultdict(int)
+    started = time.monotonic()
+    try:
+        for n in range(EVENTS):
+            room = rooms[n % 3]
+            sent[room] += 1
+            event = json.dumps({"seq": sent[room], "text": "x" * 40}).encode()
+            await producer.send(topic, event, key=room.encode())
+            await asyncio.sleep(
+                max(0.0, started + (n + 1) * PRODUCE_SECONDS / EVENTS - time.monotonic())
+            )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    duration = time.monotonic() - started
+
+    def complete() -> bool:
+        return all(len(received[i][room]) >= sent[room] for i, rs in enumerate(plan) for room in rs)
+
+    while not complete() and time.monotonic() < started + 60:  # noqa: ASYNC110 (a bounded poll)
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(2 * WINDOW_MS / 1000)  # a late duplicate would show up by now
+    for task in readers:
+        task.cancel()
+    for ws in viewers:
+        await ws.close()
+
+    bound = math.ceil(duration / (WINDOW_MS / 1000)) + 2  # +1 leading edge, +1 window straddle
+    for i, their_rooms in enumerate(plan):
+        assert set(received[i]) <= set(their_rooms), f"viewer {i} got other rooms' blobs"
+        for room in their_rooms:
+            assert received[i][room] == list(range(1, sent[room] + 1)), (
+                f"viewer {i} room {room}: not every event exactly once in order"
+            )
+            # merging really happens: ~duration/window frames, not one frame per event
+            assert 0.5 * duration / (WINDOW_MS / 1000) <= frames[i][room] <= bound, frames[i]
