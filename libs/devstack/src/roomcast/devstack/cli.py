@@ -93,6 +93,11 @@ def _wait_healthy(url: str, proc: _Proc, timeout: float) -> None:
 @click.option(
     "--duration", default=0.0, help="Stop by itself after this many seconds (0: until Ctrl-C)."
 )
+@click.option(
+    "--demo-only",
+    is_flag=True,
+    help="Run only the demo producer against --kafka (docker-compose uses this).",
+)
 def dev(
     state_dir: Path,
     kafka: str | None,
@@ -105,6 +110,7 @@ def dev(
     rooms: int,
     rate: float,
     duration: float,
+    demo_only: bool,
 ) -> None:
     """Run NATS, Kafka, an ingest worker, a gateway and a demo producer; Ctrl-C stops them all.
 
@@ -118,6 +124,13 @@ def dev(
     """
     from roomcast.devstack import BrokerError, LocalKafka, LocalNats
 
+    names = demo_rooms(rooms)
+    if demo_only:
+        if kafka is None:
+            raise click.UsageError("--demo-only needs --kafka (or ROOMCAST_KAFKA)")
+        click.echo(f"demo: {rate:g} events/s over {', '.join(names)} to {kafka} {topic}")
+        asyncio.run(_run_demo(kafka, topic, names, rate, duration, []))
+        return
     state_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         try:
@@ -158,7 +171,6 @@ def dev(
         )
         procs.append(gateway)
         _wait_healthy(f"http://127.0.0.1:{port}/healthz", gateway, 30)
-        names = demo_rooms(rooms)
         click.echo(
             "\nroomcast is running:\n"
             f"  Kafka     {kafka}  topic {topic}\n"
