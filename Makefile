@@ -5,6 +5,9 @@
 PYTHON ?= python3
 UV_VERSION := 0.13.9
 UV := .tools/bin/uv
+HELM_VERSION := v3.22.0
+HELM := .tools/bin/helm
+export ROOMCAST_HELM := $(abspath $(HELM))
 export UV_PYTHON_DOWNLOADS := never
 export UV_PYTHON := $(shell command -v $(PYTHON))
 
@@ -21,7 +24,10 @@ $(UV):
 	$(UV) sync --locked --all-packages --all-groups
 	@touch $@
 
-setup: .venv/.synced  ## create the venv with every workspace package and dev tool
+$(HELM): | $(UV)
+	GOBIN=$(abspath .tools/bin) go install helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+setup: .venv/.synced $(HELM)  ## the venv with every workspace package and dev tool, and helm
 
 dev: setup  ## run NATS, Kafka, ingest, gateway and a demo producer; Ctrl-C stops all
 	$(UV) run roomcast dev
