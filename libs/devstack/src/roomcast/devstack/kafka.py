@@ -1,0 +1,240 @@
+"""A real Apache Kafka 4.3.1 broker (KRaft, single node) started from jars Maven resolves.
+
+The jars come from Maven Central through `kafka/pom.xml`; the resolved classpath is cached in
+~/.cache/roomcast (keyed by the pom's hash) and Maven keeps the jars in ~/.m2, so only the first
+start on a machine downloads anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+
+from roomcast.devstack.process import (
+    BrokerError,
+    ManagedProcess,
+    check_port_free,
+    free_port,
+    wait_for_port,
+)
+
+KAFKA_VERSION = "4.3.1"
+DEFAULT_TOPIC = "roomcast.events"
+DEFAULT_PARTITIONS = 8
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "roomcast"
+
+
+def _resource(name: str) -> Path:
+    return Path(str(resources.files("roomcast.devstack") / "kafka" / name))
+
+
+def java_binary() -> str:
+    """Java 17 or newer, from JAVA_HOME or the PATH."""
+    home = os.environ.get("JAVA_HOME")
+    java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    if not java or not Path(java).exists():
+        raise BrokerError(
+            "Java not found: Kafka needs Java 17 or newer"
+            " (`apt-get install openjdk-17-jre-headless`, or set JAVA_HOME)"
+        )
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    major = int(m.group(1)) if m else 0
+    if major == 1 and m and m.group(2):  # "1.8.0" style
+        major = int(m.group(2))
+    if major < 17:
+        raise BrokerError(f"Kafka {KAFKA_VERSION} needs Java 17 or newer; {java} is: {out.strip()}")
+    return java
+
+
+def kafka_classpath() -> str:
+    """The broker's classpath, resolved by Maven once and cached."""
+    pom = _resource("pom.xml")
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:16]
+    cached = CACHE_DIR / f"kafka-classpath-{digest}.txt"
+    if cached.exists():
+        cp = cached.read_text().strip()
+        if cp and all(Path(j).exists() for j in cp.split(os.pathsep)):
+            return cp
+    mvn = shutil.which("mvn")
+    if not mvn:
+        raise BrokerError(
+            "Maven (mvn) not found: it resolves Kafka's jars from Maven Central"
+            " (`apt-get install maven`)"
+        )
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    out_file = cached.with_suffix(".tmp")
+    proc = subprocess.run(
+        [mvn, "-B", "-q", "-f", str(pom), "dependency:build-classpath",
+         f"-Dmdep.outputFile={out_file}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if proc.returncode != 0 or not out_file.exists():
+        tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-25:])
+        raise BrokerError(
+            f"Maven could not resolve Kafka {KAFKA_VERSION}'s jars (is Maven Central reachable?):"
+            f"\n{tail}"
+        )
+    out_file.replace(cached)
+    return cached.read_text().strip()
+
+
+def _cluster_id() -> str:
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+class LocalKafka:
+    """One KRaft node (broker + controller) on loopback, with the topics it is asked for."""
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        port: int | None = None,
+        topics: dict[str, int] | None = None,
+        timeout: float = 90,
+        heap: str = "768m",
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.port = port or free_port()
+        self.controller_port = free_port()
+        self.topics = {DEFAULT_TOPIC: DEFAULT_PARTITIONS} if topics is None else topics
+        self.timeout = timeout
+        self.heap = heap
+        self._proc: ManagedProcess | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "kafka.log"
+
+    def _write_config(self) -> Path:
+        data = self.state_dir / "data"
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
+            f"CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(data),
+            "num.partitions": str(DEFAULT_PARTITIONS),
+            # One node: no replication, and no waiting for members that will never come.
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "8",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": "1",
+            "share.coordinator.state.topic.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            # Topics are created on purpose (with their partition counts), never by a typo.
+            "auto.create.topics.enable": "false",
+            "log.retention.hours": "24",
+        }
+        path = self.state_dir / "server.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        return path
+
+    def start(self) -> LocalKafka:
+        check_port_free(self.port, "Kafka", "--kafka-port")
+        java = java_binary()
+        classpath = kafka_classpath()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        config = self._write_config()
+        jvm = [
+            java,
+            f"-Xmx{self.heap}",
+            "-Xms256m",
+            "-XX:+UseG1GC",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={_resource('log4j2.properties')}",
+            "-cp",
+            classpath,
+        ]
+        if not (self.state_dir / "data" / "meta.properties").exists():
+            fmt = subprocess.run(
+                jvm + ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                capture_output=True, text=True,
+            )  # fmt: skip
+            if fmt.returncode != 0:
+                raise BrokerError(
+                    f"formatting Kafka storage in {self.state_dir} failed:\n"
+                    + "\n".join((fmt.stdout + fmt.stderr).splitlines()[-25:])
+                )
+        self._proc = ManagedProcess("kafka", jvm + ["kafka.Kafka", str(config)], self.log_path)
+        self._proc.start()
+        try:
+            wait_for_port(self.port, self._proc, self.timeout)
+            deadline = time.monotonic() + self.timeout
+            asyncio.run(self._create_topics(self.topics, deadline))
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def _create_topics(self, topics: dict[str, int], deadline: float) -> None:
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+        from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self._proc is not None and not self._proc.alive():
+                break
+            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
+            try:
+                await admin.start()
+                existing = set(await admin.list_topics())
+                wanted = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+                if wanted:
+                    with contextlib.suppress(TopicAlreadyExistsError):
+                        await admin.create_topics(wanted)
+                return
+            except (KafkaError, OSError) as exc:
+                last = exc
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.3)
+        tail = self._proc.log_tail() if self._proc else ""
+        raise BrokerError(
+            f"Kafka at {self.bootstrap} was not ready within {self.timeout:g}s ({last});"
+            f" last lines of {self.log_path}:\n{tail}"
+        )
+
+    def create_topic(self, name: str, partitions: int = DEFAULT_PARTITIONS) -> str:
+        asyncio.run(self._create_topics({name: partitions}, time.monotonic() + self.timeout))
+        return name
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.stop(timeout=20)
+
+    def alive(self) -> bool:
+        return self._proc is not None and self._proc.alive()
+
+    def __enter__(self) -> LocalKafka:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
