@@ -1,0 +1,109 @@
+"""Session-wide real brokers for the whole suite.
+
+Order, per broker: ROOMCAST_KAFKA / ROOMCAST_NATS if set (an existing broker); else testcontainers
+where a Docker daemon answers; else real processes started here (roomcast.devstack). Each broker
+starts once per session, and only when a test asks for it: the pure core tests need none.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from roomcast.devstack import LocalKafka, LocalNats
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or earlier run against the same broker) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def broker_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("brokers")
+
+
+@pytest.fixture(scope="session")
+def nats_url(broker_dir: Path) -> Iterator[str]:
+    if url := os.environ.get("ROOMCAST_NATS"):
+        yield url
+        return
+    if _docker_answers():
+        from testcontainers.nats import NatsContainer
+
+        with NatsContainer("nats:2.15").with_command("-js") as container:
+            yield container.nats_uri()
+        return
+    with LocalNats(broker_dir / "nats") as nats:
+        yield nats.url
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(broker_dir: Path) -> Iterator[str]:
+    if bootstrap := os.environ.get("ROOMCAST_KAFKA"):
+        yield bootstrap
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("apache/kafka:4.3.1").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    with LocalKafka(broker_dir / "kafka", topics={}) as kafka:
+        yield kafka.bootstrap
+
+
+@pytest.fixture
+def kafka_topic(kafka_bootstrap: str) -> Callable[..., str]:
+    """Create a fresh topic: `kafka_topic(partitions=8, dlq=True)` -> its name."""
+
+    def create(partitions: int = 8, dlq: bool = True, prefix: str = "t") -> str:
+        import asyncio
+
+        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+        name = unique(prefix)
+
+        async def go() -> None:
+            admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+            await admin.start()
+            try:
+                topics = [NewTopic(name, partitions, 1)]
+                if dlq:
+                    topics.append(NewTopic(name + ".dlq", 1, 1))
+                await admin.create_topics(topics)
+            finally:
+                await admin.close()
+
+        # A thread of its own: callers may be async tests with a running loop.
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(asyncio.run, go()).result()
+        return name
+
+    return create
+
+
+@pytest.fixture
+def private_nats(tmp_path: Path) -> Iterator[LocalNats]:
+    """A nats-server of this test's own, which the test may stop and start (same port, data)."""
+    nats = LocalNats(tmp_path / "nats").start()
+    yield nats
+    with contextlib.suppress(Exception):
+        nats.stop()
