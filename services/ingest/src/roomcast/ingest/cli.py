@@ -1,0 +1,95 @@
+"""`roomcast ingest`: run one ingest worker of the consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import click
+
+from roomcast.core.logs import setup_logging
+from roomcast.ingest.config import IngestConfig
+
+_D = IngestConfig()
+
+
+def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: ignore[type-var]
+    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)  # type: ignore[call-overload,no-any-return]
+
+
+@click.command()
+@_opt("--kafka", default=_D.kafka, help="Kafka bootstrap servers, HOST:PORT[,...].")
+@_opt("--nats", default=_D.nats, help="NATS server URL(s), comma-separated.")
+@_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq.")
+@_opt("--group", default=_D.group, help="Kafka consumer group: workers in it share partitions.")
+@_opt(
+    "--window-ms",
+    default=_D.window_ms,
+    type=click.IntRange(min=0),
+    help="Merge window per room: at most one blob per room per window, plus a leading edge "
+    "(the first event of an idle room goes out at once). 0 = one blob per event.",
+)
+@_opt("--max-blob-events", default=_D.max_blob_events, type=click.IntRange(min=1),
+      help="Cut a blob early at this many events.")  # fmt: skip
+@_opt("--max-blob-bytes", default=_D.max_blob_bytes, type=click.IntRange(min=1),
+      help="Cut a blob early at this many bytes of events.")  # fmt: skip
+@_opt("--max-event-bytes", default=_D.max_event_bytes, type=click.IntRange(min=1),
+      help="Events bigger than this go to the dead-letter topic.")  # fmt: skip
+@_opt("--subject-prefix", default=_D.subject_prefix,
+      help="Blobs of room R are published on PREFIX.R.")  # fmt: skip
+@_opt("--stream", default=_D.stream,
+      help="JetStream stream over PREFIX.>, created or updated at start.")  # fmt: skip
+@_opt("--history-msgs", default=_D.history_msgs, type=click.IntRange(min=1),
+      help="Blobs JetStream keeps per room.")  # fmt: skip
+@_opt("--history-age-s", default=_D.history_age_s, type=click.FloatRange(min=1),
+      help="How long JetStream keeps a blob, in seconds.")  # fmt: skip
+@_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
+      help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
+@_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),
+      help="Republish a blob (same Msg-Id: stored once) not acked in this time.")  # fmt: skip
+@_opt("--fetch-max-wait-ms", default=_D.fetch_max_wait_ms, type=click.IntRange(min=0),
+      help="How long Kafka holds a fetch for new data (the leading edge's floor).")  # fmt: skip
+@_opt("--metrics-port", default=_D.metrics_port, type=click.IntRange(min=0),
+      help="Prometheus metrics on this port (0: off).")  # fmt: skip
+@_opt("--log-format", default="text", type=click.Choice(["text", "json"]), help="Log lines for "
+      "people (text) or machines (json).")  # fmt: skip
+@_opt("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+      help="Least severe log level shown.")  # fmt: skip
+def ingest(log_format: str, log_level: str, **options: object) -> None:
+    """Run an ingest worker: Kafka -> per-room merge -> NATS/JetStream -> commit.
+
+    \b
+    Each record's key is its room and its value one JSON event. Events of a room are merged per
+    window into one blob (their bytes are embedded, never re-encoded) and published on
+    PREFIX.<room> to JetStream with a Msg-Id. A partition's offset is committed only below the
+    oldest event JetStream has not acknowledged: a crash replays, nothing is lost. Bad records
+    (no key, bad room name, not JSON, too big) go to TOPIC.dlq with headers saying why.
+    Run several workers with the same --group to share the topic's partitions.
+    SIGTERM/Ctrl-C: flush, wait for acks, commit, leave the group, exit 0.
+    """
+    setup_logging(log_level, log_format)
+    config = IngestConfig(**options)  # type: ignore[arg-type]
+    try:
+        import uvloop
+
+        uvloop.run(_main(config))
+    except KeyboardInterrupt:
+        pass
+
+
+async def _main(config: IngestConfig) -> None:
+    from roomcast.ingest.worker import IngestWorker
+
+    if config.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metrics_port, config.metrics_host)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker = IngestWorker(config)
+    try:
+        await worker.run(stop)
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach NATS at {config.nats}: {exc}") from None

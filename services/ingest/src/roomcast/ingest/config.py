@@ -1,0 +1,41 @@
+"""Every ingest setting, with its default, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roomcast.core.blob import MAX_EVENT_BYTES
+from roomcast.core.merge import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENTS
+from roomcast.core.rooms import SUBJECT_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    kafka: str = "127.0.0.1:9092"
+    nats: str = "nats://127.0.0.1:4222"
+    topic: str = "roomcast.events"
+    group: str = "roomcast-ingest"
+    window_ms: int = 1000
+    max_blob_events: int = DEFAULT_MAX_EVENTS
+    max_blob_bytes: int = DEFAULT_MAX_BYTES
+    max_event_bytes: int = MAX_EVENT_BYTES
+    subject_prefix: str = SUBJECT_PREFIX
+    stream: str = "ROOMCAST_ROOMS"
+    history_msgs: int = 100  # blobs kept per room subject
+    history_age_s: float = 120.0
+    duplicate_window_s: float = 120.0
+    max_in_flight: int = 20_000  # unacked events before consumption pauses
+    ack_timeout_s: float = 5.0  # republish (same Msg-Id) when JetStream has not acked by then
+    commit_interval_s: float = 0.2
+    fetch_max_wait_ms: int = 20  # broker-side wait: bounds the leading edge's latency
+    max_poll_records: int = 5000
+    metrics_port: int = 9464  # 0: no metrics endpoint
+    metrics_host: str = "0.0.0.0"
+
+    @property
+    def dlq_topic(self) -> str:
+        return self.topic + ".dlq"
+
+    @property
+    def window_s(self) -> float:
+        return self.window_ms / 1000.0
