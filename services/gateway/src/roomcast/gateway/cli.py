@@ -1,0 +1,77 @@
+"""`roomcast gateway`: the WebSocket edge."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from roomcast.gateway.config import GatewayConfig
+
+_D = GatewayConfig()
+
+
+def _opt(*names: str, help: str, **kw: object):  # type: ignore[no-untyped-def]
+    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)  # type: ignore[call-overload]
+
+
+@click.command()
+@_opt("--nats", default=_D.nats, help="NATS server URL(s), comma-separated.")
+@_opt("--host", default=_D.host, help="Address to listen on (0.0.0.0 in containers).")
+@_opt("--port", default=_D.port, type=click.IntRange(0, 65535), help="WebSocket and HTTP port.")
+@_opt("--workers", default=_D.workers, type=click.IntRange(min=1),
+      help="Worker processes sharing the port (SO_REUSEPORT); default: CPU count.")  # fmt: skip
+@_opt("--subject-prefix", default=_D.subject_prefix,
+      help="Room R's blobs arrive on PREFIX.R (as ingest publishes them).")  # fmt: skip
+@_opt("--max-viewers", default=_D.max_viewers, type=click.IntRange(min=1),
+      help="Viewers per worker; past it, new connections get 503 before the upgrade.")  # fmt: skip
+@_opt("--max-connects-per-s", default=_D.max_connects_per_s, type=click.FloatRange(min=1),
+      help="New connections per second per worker; past it, 503 + Retry-After.")  # fmt: skip
+@_opt("--max-rooms-per-conn", default=_D.max_rooms_per_conn, type=click.IntRange(min=1),
+      help="Rooms one connection may be in; a join past it closes with 4003.")  # fmt: skip
+@_opt("--max-message-bytes", default=_D.max_message_bytes, type=click.IntRange(min=64),
+      help="Largest client message; a bigger one closes the connection with 1009.")  # fmt: skip
+@_opt("--write-buffer-high", default=_D.write_buffer_high, type=click.IntRange(min=1024),
+      help="Per-viewer write buffer high-water mark (bytes); over it, frames drop.")  # fmt: skip
+@_opt("--slow-grace-s", default=_D.slow_grace_s, type=click.FloatRange(min=0),
+      help="Over the high-water mark this long: closed with 4008 (resumable).")  # fmt: skip
+@_opt("--ping-interval-s", default=_D.ping_interval_s, type=click.FloatRange(min=0.1),
+      help="WebSocket ping to every viewer this often.")  # fmt: skip
+@_opt("--ping-timeout-s", default=_D.ping_timeout_s, type=click.FloatRange(min=0.1),
+      help="Close a viewer whose pong has not come back after this long.")  # fmt: skip
+@_opt("--drain-seconds", default=_D.drain_seconds, type=click.FloatRange(min=0),
+      help="On SIGTERM, close viewers with 1012 paced over this period, then exit.")  # fmt: skip
+@_opt("--log-format", default="text", type=click.Choice(["text", "json"]),
+      help="Log lines for people (text) or machines (json).")  # fmt: skip
+@_opt("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
+      help="Least severe log level shown.")  # fmt: skip
+def gateway(log_format: str, log_level: str, **options: object) -> None:
+    """Run the WebSocket edge gateway: viewers at ws://HOST:PORT/ws?room=R.
+
+    \b
+    Each worker process holds its own viewers and rooms and subscribes a room's NATS subject
+    while the room has a local viewer. Every blob is framed once and the same bytes are written
+    to every viewer of the room. Viewers send {"type":"join"|"leave","room":R} or
+    {"type":"ping"}. Also serves GET /healthz, /readyz (503 while draining or NATS is down) and
+    /metrics (Prometheus, per worker). SIGTERM drains: no new viewers, /readyz 503, viewers
+    closed with 1012 over --drain-seconds, exit 0. See docs/protocol.md for close codes.
+    """
+    from roomcast.core.logs import setup_logging
+    from roomcast.gateway.worker import run_worker, supervise
+
+    setup_logging(log_level, log_format)
+    cfg = GatewayConfig(**options)  # type: ignore[arg-type]
+    if cfg.workers == 1:
+        run_worker(cfg, 0, log_level, log_format)
+        return
+    if cfg.port == 0:
+        raise click.BadParameter(
+            "several workers need a fixed --port to share", param_hint="--port"
+        )
+    sys.exit(supervise(cfg, log_level, log_format))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    gateway()

@@ -1,0 +1,29 @@
+"""Every gateway setting, with its default, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from roomcast.core.rooms import SUBJECT_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    nats: str = "nats://127.0.0.1:4222"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = os.cpu_count() or 1
+    subject_prefix: str = SUBJECT_PREFIX
+    max_viewers: int = 15_000  # per worker; the open-files limit (20,000 here) is the ceiling
+    max_connects_per_s: float = 2_000.0  # per worker; over it: 503 + Retry-After before upgrade
+    max_rooms_per_conn: int = 32
+    max_message_bytes: int = 4096  # client -> server; over it: close 1009
+    write_buffer_high: int = 256 * 1024  # per viewer; over it, frames for that viewer are dropped
+    slow_grace_s: float = 5.0  # over the high-water mark this long: closed with 4008
+    ping_interval_s: float = 20.0
+    ping_timeout_s: float = 20.0
+    drain_seconds: float = 10.0  # SIGTERM: viewers closed with 1012, paced over this period
+    close_timeout_s: float = 5.0  # after our close frame, abort a TCP peer that does not close
+    backlog: int = 4096
+    reuse_port: bool = False  # set by the supervisor when several workers share the port

@@ -1,0 +1,108 @@
+"""Running the gateway: one worker process, or a supervisor over N of them on one port."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import time
+from multiprocessing.process import BaseProcess
+
+from roomcast.core.logs import setup_logging
+from roomcast.gateway.config import GatewayConfig
+from roomcast.gateway.connection import Viewer
+from roomcast.gateway.engine import Gateway
+
+log = logging.getLogger("roomcast.gateway")
+
+
+async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | None = None) -> None:
+    """Run one gateway worker until SIGTERM/SIGINT (or `stop`), then drain and return."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gw = Gateway(cfg, worker_id)
+    await gw.connect()
+    server = await loop.create_server(
+        lambda: Viewer(gw),
+        cfg.host,
+        cfg.port,
+        backlog=cfg.backlog,
+        reuse_port=cfg.reuse_port or None,
+    )
+    housekeeping = asyncio.create_task(gw.housekeeping())
+    log.info(
+        "gateway worker listening",
+        extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "worker": worker_id, "pid": os.getpid()},
+    )
+    await stop.wait()
+    server.close()  # stop accepting; /readyz is 503 from here on
+    await gw.drain()
+    housekeeping.cancel()
+    await gw.close()
+    log.info("gateway worker stopped", extra={"worker": worker_id})
+
+
+def run_worker(cfg: GatewayConfig, worker_id: int, log_level: str, log_format: str) -> None:
+    """Entry point of one worker process."""
+    import uvloop
+
+    setup_logging(log_level, log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(serve(cfg, worker_id))
+
+
+def supervise(cfg: GatewayConfig, log_level: str, log_format: str) -> int:
+    """Run cfg.workers processes on one port (SO_REUSEPORT); restart any that dies.
+
+    SIGTERM/SIGINT are passed to every worker, which drain; returns when all have exited.
+    """
+    cfg = dataclasses.replace(cfg, reuse_port=True)
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def start(i: int) -> BaseProcess:
+        p = ctx.Process(
+            target=run_worker, args=(cfg, i, log_level, log_format), name=f"gateway-{i}"
+        )
+        p.start()
+        return p
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in workers.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
+
+    workers = {i: start(i) for i in range(cfg.workers)}
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info(
+        "gateway listening",
+        extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "workers": cfg.workers},
+    )
+    backoff = dict.fromkeys(workers, 0.5)
+    while True:
+        for i, p in list(workers.items()):
+            if p.is_alive():
+                continue
+            p.join()
+            if stopping:
+                del workers[i]
+                continue
+            log.error(
+                "gateway worker died; restarting",
+                extra={"worker": i, "exitcode": p.exitcode, "in_s": backoff[i]},
+            )
+            time.sleep(backoff[i])
+            backoff[i] = min(backoff[i] * 2, 10.0)
+            workers[i] = start(i)
+        if stopping and not workers:
+            return 0
+        time.sleep(0.1)
