@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,11 +16,7 @@ from pathlib import Path
 import pytest
 
 from roomcast.devstack import LocalKafka, LocalNats
-
-
-def unique(prefix: str) -> str:
-    """A name no other test (or earlier run against the same broker) uses."""
-    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+from tests.support import Service, unique
 
 
 def _docker_answers() -> bool:
@@ -107,3 +102,18 @@ def private_nats(tmp_path: Path) -> Iterator[LocalNats]:
     yield nats
     with contextlib.suppress(Exception):
         nats.stop()
+
+
+@pytest.fixture
+def services(tmp_path: Path) -> Iterator[Callable[[str, list[str]], Service]]:
+    """Start roomcast subcommands as subprocesses; all are stopped (SIGTERM) after the test."""
+    started: list[Service] = []
+
+    def start(name: str, args: list[str]) -> Service:
+        svc = Service(name, args, tmp_path)
+        started.append(svc)
+        return svc
+
+    yield start
+    for svc in reversed(started):
+        svc.stop()

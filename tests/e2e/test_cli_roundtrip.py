@@ -7,8 +7,8 @@ import json
 import subprocess
 from collections.abc import Callable
 
-from .conftest import ROOMCAST, Service, free_port, unique, wait_http_ok
-from .test_pipeline import create_topic
+from tests.e2e.test_pipeline import create_topic
+from tests.support import ROOMCAST, Service, free_port, unique, wait_http_ok
 
 
 def test_produce_then_watch_shows_the_events(

@@ -15,8 +15,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from roomcast.core.blob import decode_blob
 from roomcast.core.protocol import message_type
-
-from .conftest import Service, free_port, unique, wait_http_ok
+from tests.support import Service, free_port, unique, wait_http_ok
 
 WINDOW_MS = 500
 EVENTS = 1000

@@ -1,4 +1,4 @@
-"""Run roomcast's services as real subprocesses, the way an operator runs them."""
+"""Helpers for tests that run roomcast's services as real subprocesses, as an operator does."""
 
 from __future__ import annotations
 
@@ -11,10 +11,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import pytest
 
 ROOMCAST = [sys.executable, "-m", "roomcast.cli"]
 
@@ -73,17 +70,3 @@ def wait_http_ok(url: str, service: Service, timeout: float = 30) -> None:
     raise AssertionError(
         f"{service.name} not ready at {url} after {timeout}s:\n{service.log_tail()}"
     )
-
-
-@pytest.fixture
-def services(tmp_path: Path) -> Iterator[Callable[[str, list[str]], Service]]:
-    started: list[Service] = []
-
-    def start(name: str, args: list[str]) -> Service:
-        svc = Service(name, args, tmp_path)
-        started.append(svc)
-        return svc
-
-    yield start
-    for svc in reversed(started):
-        svc.stop()
