@@ -74,6 +74,9 @@ def test_produce_then_watch_shows_the_events(
         text=True,
     )
     try:
+        # Like a person: produce once watch says it is watching.
+        assert watch.stderr is not None
+        assert "watching" in watch.stderr.readline()
         # One event as an argument, then two on stdin, like a shell pipeline.
         subprocess.run(
             ROOMCAST

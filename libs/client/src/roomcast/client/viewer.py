@@ -6,7 +6,7 @@ import asyncio
 import logging
 import random
 import urllib.parse
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 
@@ -62,6 +62,7 @@ class Viewer:
         backoff_initial_s: float = 0.25,
         backoff_max_s: float = 15.0,
         open_timeout_s: float = 10.0,
+        on_joined: Callable[[str], None] | None = None,
     ) -> None:
         self.rooms = [check_room(r) for r in rooms]
         self.url = url
@@ -69,6 +70,8 @@ class Viewer:
         self.backoff_initial_s = backoff_initial_s
         self.backoff_max_s = backoff_max_s
         self.open_timeout_s = open_timeout_s
+        self.on_joined = on_joined
+        self.joined: set[str] = set()  # rooms the gateway confirmed on this connection
         self.dedup = Deduper()
         self.connects = 0
         self._ws: ClientConnection | None = None
@@ -128,8 +131,14 @@ class Viewer:
             try:
                 async for data in self._ws:
                     raw = data.encode() if isinstance(data, str) else data
-                    if message_type(raw) != "blob":
-                        continue  # joined/left/pong acks, errors are logged by the gateway
+                    kind = message_type(raw)
+                    if kind == "joined":
+                        room = msgspec.json.decode(raw)["room"]
+                        self.joined.add(room)
+                        if self.on_joined is not None:
+                            self.on_joined(room)
+                    if kind != "blob":
+                        continue
                     blob = decode_blob(raw)
                     yield ReceivedBlob(raw, blob, self.dedup.fresh(blob))
             except ConnectionClosed:
@@ -142,6 +151,7 @@ class Viewer:
             if not (self.reconnect and _resumable(code)):
                 raise ViewerClosed(code, reason)
             log.info("connection closed (%s %s); reconnecting", code, reason)
+            self.joined.clear()
             self._ws = await self._connect()
 
     @staticmethod

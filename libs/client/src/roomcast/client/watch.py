@@ -28,13 +28,16 @@ from roomcast.core.errors import RoomcastError
     help="Print one line per event (after dedup) instead of one line per blob.",
 )
 @click.option(
-    "--count", type=int, default=0, help="Exit after this many blobs (0: run until Ctrl-C)."
+    "--count",
+    type=int,
+    default=0,
+    help="Exit after printing this many lines: blobs, or events with --events (0: until Ctrl-C).",
 )
 @click.option(
     "--timeout",
     type=float,
     default=0,
-    help="Exit with status 1 if --count blobs have not arrived after this many seconds (0: wait).",
+    help="Exit with status 1 if --count lines have not come after this many seconds (0: wait).",
 )
 def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout: float) -> None:
     """Join ROOMS on a gateway and print each blob as it arrives.
@@ -60,13 +63,18 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
 
     async def loop() -> None:
         nonlocal seen
-        async with Viewer(url, rooms) as viewer:
+
+        def joined(room: str) -> None:
+            click.echo(f"watching {room} on {url}", err=True)
+
+        async with Viewer(url, rooms, on_joined=joined) as viewer:
             async for got in viewer:
                 stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
                 b = got.blob
                 if per_event:
                     for offset, event in got.fresh:
                         out.write(f"{stamp} {b.room} p{b.partition}@{offset} {event.decode()}\n")
+                        seen += 1
                 else:
                     span = f"{b.offsets[0]}..{b.offsets[-1]}" if b.offsets else "-"
                     n = len(b.offsets)
@@ -74,8 +82,8 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
                         f"{stamp} {b.room} p{b.partition} {span} ({n} event{'s' * (n != 1)}) "
                         f"{got.raw.decode()}\n"
                     )
+                    seen += 1
                 out.flush()
-                seen += 1
                 if count and seen >= count:
                     return
 
@@ -86,7 +94,7 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
         else:
             await loop()
     except TimeoutError:
-        click.echo(f"watch: {seen} of {count} blobs after {limit_s:g}s", err=True)
+        click.echo(f"watch: {seen} of {count} lines after {limit_s:g}s", err=True)
         return False
     except ViewerClosed as exc:
         click.echo(f"watch: {exc}", err=True)

@@ -173,7 +173,8 @@ class LocalKafka:
         ]
         if not (self.state_dir / "data" / "meta.properties").exists():
             fmt = subprocess.run(
-                jvm + ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(config)],
+                jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
+                       "--config", str(config)],
                 capture_output=True, text=True,
             )  # fmt: skip
             if fmt.returncode != 0:
