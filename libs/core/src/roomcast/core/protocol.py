@@ -28,6 +28,7 @@ class CloseCode(enum.IntEnum):
 
     NORMAL = 1000
     GOING_AWAY = 1001
+    INVALID_UTF8 = 1007  # a text message that is not UTF-8
     BAD_MESSAGE = 1008  # a client message that breaks the protocol
     TOO_BIG = 1009  # a client message over the size limit
     INTERNAL = 1011

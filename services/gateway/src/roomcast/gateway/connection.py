@@ -51,6 +51,7 @@ class Viewer(asyncio.Protocol):
 
     __slots__ = (
         "gw",
+        "partial",
         "ping_sent_at",
         "proto",
         "rooms",
@@ -65,6 +66,7 @@ class Viewer(asyncio.Protocol):
         self.rooms: list[str] = []  # rooms this viewer is in (not counting _all)
         self.slow_since = 0.0  # > 0 while the write buffer is over the high-water mark
         self.ping_sent_at = 0.0  # > 0 while a WebSocket ping awaits its pong
+        self.partial: bytes | None = None  # a fragmented client message being reassembled
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -82,10 +84,20 @@ class Viewer(asyncio.Protocol):
             if isinstance(event, Request):
                 self._handshake(event)
             elif event.opcode is Opcode.TEXT:
-                self._client_message(event.data)
+                if event.fin:
+                    self._client_message(event.data)
+                else:
+                    self.partial = event.data
+            elif event.opcode is Opcode.CONT and self.partial is not None:
+                # The protocol checks the order of fragments and their total size (max_size).
+                self.partial += event.data
+                if event.fin:
+                    data, self.partial = self.partial, None
+                    self._client_message(data)
             elif event.opcode is Opcode.PONG:
                 self.ping_sent_at = 0.0
             elif event.opcode is Opcode.BINARY:
+                self.partial = None
                 self.fail(CloseCode.BAD_MESSAGE, "binary messages are not part of the protocol")
         self._flush_proto()
 
@@ -144,6 +156,7 @@ class Viewer(asyncio.Protocol):
             )
             return
         response = proto.accept(request)
+        response.headers["X-Roomcast-Worker"] = str(gw.worker_id)
         proto.send_response(response)
         if response.status_code != 101:
             metrics.REJECTED.labels("bad_handshake").inc()
@@ -168,6 +181,11 @@ class Viewer(asyncio.Protocol):
     # ---- client messages ----------------------------------------------------------------------
 
     def _client_message(self, data: bytes) -> None:
+        try:
+            data.decode()  # the sans-I/O protocol leaves UTF-8 checks to us; messages are small
+        except UnicodeDecodeError:
+            self.fail(CloseCode.INVALID_UTF8, "text message is not valid UTF-8")
+            return
         try:
             msg = parse_client_message(data)
         except ProtocolError as exc:

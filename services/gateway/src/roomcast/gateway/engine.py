@@ -150,11 +150,18 @@ class Gateway:
                     v.transport.write(frame)  # type: ignore[union-attr]
                     sent += 1
                     nbytes += len(frame)
+        coalesced = 0
         for v, frames in combined.items():
-            data = frames[0] if len(frames) == 1 else b"".join(frames)
+            if len(frames) == 1:
+                data = frames[0]
+            else:
+                data = b"".join(frames)
+                coalesced += 1
             v.transport.write(data)  # type: ignore[union-attr]
             sent += len(frames)
             nbytes += len(data)
+        if coalesced:
+            metrics.COALESCED_WRITES.inc(coalesced)
         return sent, dropped, nbytes
 
     # ---- registry -----------------------------------------------------------------------------

@@ -25,6 +25,11 @@ FRAMES_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+COALESCED_WRITES = Counter(
+    "roomcast_gateway_coalesced_writes_total",
+    "Writes that carried several frames to one viewer (several rooms or push-to-all in one turn)",
+    registry=REGISTRY,
+)
 SLOW_CLOSES = Counter(
     "roomcast_gateway_slow_closes_total",
     "Viewers closed with 4008 for staying over the high-water mark",
