@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -27,6 +28,7 @@ class Gateway:
     port: int
     prefix: str
     nats_url: str
+    stack: contextlib.ExitStack
 
     @property
     def ws_url(self) -> str:
@@ -38,13 +40,19 @@ class Gateway:
 
     def viewer(self, *rooms: str, **kw: object) -> ClientConnection:
         query = "&".join(f"room={r}" for r in rooms)
-        ws = connect(f"{self.ws_url}?{query}", compression=None, max_size=None, **kw)  # type: ignore[arg-type]
+        ws = self.stack.enter_context(
+            connect(f"{self.ws_url}?{query}", compression=None, max_size=None, **kw)  # type: ignore[arg-type]
+        )
         for room in rooms:  # wait for the acks: the room is live once joined
             assert json.loads(ws.recv(timeout=10)) == {"type": "joined", "room": room}
         return ws
 
     def publish(self, room: str, *blobs: bytes) -> None:
-        asyncio.run(publish(self.nats_url, f"{self.prefix}.{room}", *blobs))
+        self.publish_many([(room, b) for b in blobs])
+
+    def publish_many(self, blobs: list[tuple[str, bytes]]) -> None:
+        """Publish (room, blob) pairs in one go: they reach the gateway in one read."""
+        asyncio.run(publish(self.nats_url, [(f"{self.prefix}.{r}", b) for r, b in blobs]))
 
     def blob(self, room: str, offset: int, size: int = 0) -> bytes:
         return encode_blob(
@@ -52,11 +60,11 @@ class Gateway:
         )
 
 
-async def publish(url: str, subject: str, *payloads: bytes) -> None:
+async def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
     nc = await nats.connect(url)
     try:
-        for p in payloads:
-            await nc.publish(subject, p)
+        for subject, payload in messages:
+            await nc.publish(subject, payload)
         await nc.flush()
     finally:
         await nc.close()
@@ -74,9 +82,10 @@ def gateway(nats_url: str, services: Callable[[str, list[str]], Service]) -> Cal
              "--workers", "1", *extra],
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", svc)
-        return Gateway(svc, port, prefix, url)
+        return Gateway(svc, port, prefix, url, stack)
 
-    return start
+    with contextlib.ExitStack() as stack:
+        yield start
 
 
 def join_message(room: str) -> str:

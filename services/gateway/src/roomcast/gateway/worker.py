@@ -41,8 +41,9 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
         extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "worker": worker_id, "pid": os.getpid()},
     )
     await stop.wait()
-    server.close()  # stop accepting; /readyz is 503 from here on
+    # Drain: the port stays open so /readyz can say 503 and new viewers get 503 (go elsewhere).
     await gw.drain()
+    server.close()
     housekeeping.cancel()
     await gw.close()
     log.info("gateway worker stopped", extra={"worker": worker_id})
