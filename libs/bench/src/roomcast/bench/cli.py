@@ -1,0 +1,237 @@
+"""`roomcast bench`: the one way roomcast's speed is measured.
+
+Each scenario starts what it needs (real NATS and, where needed, real Kafka, unless
+ROOMCAST_NATS / ROOMCAST_KAFKA point at running ones), measures, stops everything, and prints
+a summary table. `--json PATH` writes the figures; `--plot PATH.png` draws them. Every field
+is described in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+import psutil
+
+from roomcast.bench import scenarios
+from roomcast.bench.report import plot, table
+from roomcast.core.errors import RoomcastError
+
+CPUS = os.cpu_count() or 1
+
+
+def _viewer_list(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+    try:
+        counts = [int(v.replace("_", "")) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
+    if not counts or min(counts) < 1:
+        raise click.BadParameter("give at least one viewer count, each at least 1")
+    return counts
+
+
+class _Progress:
+    """One status line, rewritten in place on a terminal, or a line every 2 s otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, text: str) -> None:
+        now = time.monotonic()
+        if self.tty:
+            sys.stderr.write("\r\033[K" + text[:150])
+            sys.stderr.flush()
+        elif now - self.last >= 2.0:
+            self.last = now
+            sys.stderr.write(text + "\n")
+
+    def done(self) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+
+
+def _common(f: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--viewers", default="1000", callback=_viewer_list, show_default=True,
+                     help="Viewer count, or several separated by commas for a sweep "
+                          "(e.g. 1000,10000,50000)."),
+        click.option("--duration", "duration_s", type=click.FloatRange(1, 600), default=10,
+                     show_default=True, help="Seconds of measurement per server or run."),
+        click.option("--workers", type=click.IntRange(1, 64), default=CPUS, show_default=True,
+                     help="Gateway worker processes (and reference-server processes). Each holds "
+                          "at most ~19,000 viewers (open-files limit)."),
+        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Write the figures here as one JSON object."),
+        click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+                     help="Draw a PNG: latency CDF (e2e), or figures against viewers (sweeps)."),
+        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Broker data and process logs (default: a temporary directory)."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@contextmanager
+def _run(
+    name: str, viewers: list[int], duration_s: float, workers: int, state_dir: Path | None,
+    json_path: Path | None, plot_path: Path | None, kafka: bool,
+) -> Iterator[Callable[[int, Callable[[scenarios.Common, Any], dict[str, Any]]], None]]:
+    """Shared plumbing: brokers, progress, one run per viewer count, table, JSON and plot."""
+    from roomcast.bench import stack
+
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    progress = _Progress()
+    runs: list[dict[str, Any]] = []
+    tmp = None
+    if state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="roomcast-bench-")
+        state_dir = Path(tmp.name)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with stack.brokers(state_dir, kafka=kafka) as brokers:
+
+            def one(v: int, body: Callable[[scenarios.Common, Any], dict[str, Any]]) -> None:
+                common = scenarios.Common(v, duration_s, workers, state_dir, progress)
+                result = {"viewers": v, **body(common, brokers)}
+                runs.append(result)
+                progress.done()
+                click.echo(table(name, result), err=False)
+
+            yield one
+    except KeyboardInterrupt:
+        progress.done()
+        raise click.Abort() from None
+    except (TimeoutError, OSError, RuntimeError, RoomcastError) as exc:
+        progress.done()
+        raise click.ClickException(f"{name}: {exc} (logs under {state_dir / 'logs'})") from None
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    machine = {
+        "cpus": CPUS,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for r in runs:
+        r.update(scenario=name, duration_s=duration_s, started_at=started)
+    if len(runs) == 1:
+        doc: dict[str, Any] = {**runs[0], "machine": machine}
+    else:
+        doc = {"scenario": name, "viewers": viewers, "duration_s": duration_s,
+               "started_at": started, "machine": machine, "runs": runs}
+    if plot_path is not None:
+        plot(name, runs, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
+    if json_path is not None:
+        if name == "e2e":
+            for r in runs:
+                r.pop("latency_samples", None)
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        click.echo(f"figures written to {json_path}", err=True)
+
+
+@click.group()
+def bench() -> None:
+    """Measure roomcast's speed: fanout, connect, ingest, e2e.
+
+    Each scenario is bounded in time, uses loopback only, starts the brokers and servers it
+    needs and stops them. Set ROOMCAST_NATS / ROOMCAST_KAFKA to use running brokers instead.
+    The machine is shared and noisy: compare the ratios measured within one run.
+
+    \b
+    Examples:
+      roomcast bench fanout --viewers 10000 --duration 10 --json fanout.json
+      roomcast bench connect --viewers 10000,50000 --workers 4
+      roomcast bench ingest --events 200000
+      roomcast bench e2e --viewers 2000 --rate 2000 --plot latency.png
+    """
+
+
+@bench.command()
+@_common
+@click.option("--rooms", type=click.IntRange(1), default=100, show_default=True,
+              help="Rooms; viewer i watches room i mod ROOMS.")
+@click.option("--rate", type=click.FloatRange(0.1, 1000), default=5, show_default=True,
+              help="Blobs published per room per second (= frames per viewer per second).")
+@click.option("--blob-bytes", type=click.IntRange(100, 65536), default=200, show_default=True,
+              help="Approximate size of each blob.")
+@click.option("--compare/--no-compare", default=True, show_default=True,
+              help="Also measure the raw-socket floor and stock websockets broadcast().")
+def fanout(rooms: int, rate: float, blob_bytes: int, compare: bool, **common: Any) -> None:
+    """The gateway alone: blobs injected into NATS, V viewers in R rooms.
+
+    Measures the gateway's CPU per delivered frame and, over the same connections in the same
+    run, a raw-socket floor (pre-built bytes, one os.write() per viewer, no WebSocket logic)
+    and stock websockets broadcast(); delivered frames/s, drops, memory per idle viewer.
+    """
+    with _run("fanout", kafka=False, **common) as one:
+        for v in common["viewers"]:
+            one(v, lambda c, b: scenarios.fanout(c, b.nats, rooms, rate, blob_bytes, compare))
+
+
+@bench.command()
+@_common
+@click.option("--rooms", type=click.IntRange(1), default=100, show_default=True)
+def connect(rooms: int, **common: Any) -> None:
+    """Handshakes/s, memory per idle viewer, and a reconnect storm.
+
+    Opens V viewers as fast as the load clients can (the gateway's connect-rate limit is
+    lifted), measures the gateway's memory with all of them idle, then drops every connection
+    at once and times until all are back and joined.
+    """
+    with _run("connect", kafka=False, **common) as one:
+        for v in common["viewers"]:
+            one(v, lambda c, b: scenarios.connect(c, b.nats, rooms))
+
+
+@bench.command()
+@_common
+@click.option("--events", type=click.IntRange(1000), default=200_000, show_default=True,
+              help="Events produced before the clock starts.")
+@click.option("--rooms", type=click.IntRange(1), default=1000, show_default=True,
+              help="Rooms, with Zipf popularity.")
+@click.option("--partitions", type=click.IntRange(1), default=8, show_default=True)
+@click.option("--window-ms", type=click.IntRange(0), default=1000, show_default=True)
+def ingest(events: int, rooms: int, partitions: int, window_ms: int, **common: Any) -> None:
+    """Events/s through consume -> merge -> publish -> commit, against a consume-only ceiling.
+
+    Produces EVENTS to a fresh topic, reads them all with a bare aiokafka consumer (the
+    ceiling), then runs `roomcast ingest` on the same topic and times until every offset is
+    committed (so every blob is acknowledged by JetStream). --viewers is not used.
+    """
+    with _run("ingest", kafka=True, **common) as one:
+        one(0, lambda c, b: scenarios.ingest(c, b.kafka, b.nats, events, rooms, partitions,
+                                             window_ms))
+
+
+@bench.command()
+@_common
+@click.option("--rooms", type=click.IntRange(1), default=100, show_default=True,
+              help="Rooms; events and viewers pick rooms with Zipf popularity.")
+@click.option("--rate", type=click.FloatRange(1, 200_000), default=1000, show_default=True,
+              help="Events produced per second.")
+@click.option("--window-ms", type=click.IntRange(0), default=1000, show_default=True)
+@click.option("--partitions", type=click.IntRange(1), default=8, show_default=True)
+def e2e(rooms: int, rate: float, window_ms: int, partitions: int, **common: Any) -> None:
+    """Producers -> Kafka -> ingest -> NATS -> gateway -> viewers, checked and timed.
+
+    Every viewer decodes its blobs, applies the dedup rule, and checks each room's sequence:
+    events lost and duplicated must be 0. Latency is producer timestamp to viewer receipt.
+    """
+    with _run("e2e", kafka=True, **common) as one:
+        for v in common["viewers"]:
+            one(v, lambda c, b: scenarios.e2e(c, b.kafka, b.nats, rooms, rate, window_ms,
+                                              partitions))

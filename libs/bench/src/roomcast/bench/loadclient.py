@@ -1,0 +1,409 @@
+"""The load client: thousands of WebSocket viewers per process, in several processes.
+
+Built never to be the bottleneck: one `asyncio.Protocol` per viewer on uvloop, no task per
+viewer, a fixed handshake request, and frames counted from their headers alone. Only when a
+scenario checks content (`inspect=True`, the e2e scenario) are blobs decoded, deduplicated
+by their positions (docs/protocol.md) and timed against the producer's timestamp.
+
+The parent drives each process through a pipe with small commands and polls its counters;
+`LoadClients` spreads viewers over as many processes as the open-files limit needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import random
+import time
+from collections import Counter
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import msgspec
+
+from roomcast.core.blob import decode_blob
+
+#: Viewers per load-client process: well under the 20,000 open-files limit.
+PER_PROCESS = 12_000
+
+_REQUEST = (
+    "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+    "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    "Sec-WebSocket-Version: 13\r\n\r\n"
+)
+_MAX_LATENCY_SAMPLES = 200_000
+
+
+class _Event(msgspec.Struct):
+    seq: int
+    ts: float
+
+
+_event = msgspec.json.Decoder(_Event)
+
+
+class _Viewer(asyncio.Protocol):
+    __slots__ = (
+        "buf", "client", "dropped", "joined", "last", "path", "seen", "transport", "upgraded"
+    )
+
+    def __init__(self, client: _Client, path: str) -> None:
+        self.client = client
+        self.path = path
+        self.transport: asyncio.Transport | None = None
+        self.upgraded = False
+        self.joined = False
+        self.dropped = False
+        self.buf = b""
+        # inspect mode: last offset per (room, partition) and next expected seq per room
+        self.last: dict[tuple[str, int], int] = {}
+        self.seen: dict[str, int] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment] (uvloop's is no asyncio.Transport)
+        transport.write(self.client.request(self.path))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        c = self.client
+        if self.dropped:
+            return
+        c.viewers.discard(self)
+        if self.joined:
+            c.joined -= 1
+        if not c.stopping:
+            c.lost_connections += 1
+
+    def data_received(self, data: bytes) -> None:  # noqa: C901 (one hot loop, kept flat)
+        if not self.upgraded:
+            data = self.buf + data
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = data
+                return
+            self.buf = b""
+            if not data.startswith(b"HTTP/1.1 101"):
+                self.client.rejected[data[9:12].decode(errors="replace")] += 1
+                assert self.transport is not None
+                self.transport.close()
+                return
+            self.upgraded = True
+            data = data[end + 4 :]
+            if not data:
+                return
+        elif self.buf:
+            data = self.buf + data
+            self.buf = b""
+        c = self.client
+        pos, n = 0, len(data)
+        while pos < n:
+            if n - pos < 2:
+                self.buf = data[pos:]
+                return
+            b0 = data[pos]
+            ln = data[pos + 1] & 0x7F
+            h = 2
+            if ln == 126:
+                if n - pos < 4:
+                    self.buf = data[pos:]
+                    return
+                ln = int.from_bytes(data[pos + 2 : pos + 4], "big")
+                h = 4
+            elif ln == 127:
+                if n - pos < 10:
+                    self.buf = data[pos:]
+                    return
+                ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                h = 10
+            end = pos + h + ln
+            if end > n:
+                self.buf = data[pos:]
+                return
+            op = b0 & 0x0F
+            if op == 1 or op == 2:
+                if not self.joined:  # the first message is the `joined` ack
+                    self.joined = True
+                    c.joined += 1
+                else:
+                    c.frames += 1
+                    c.bytes += end - pos
+                    if c.inspect:
+                        self._inspect(data[pos + h : end])
+            elif op == 9:  # ping -> pong (masked with a zero key, as clients must mask)
+                payload = data[pos + h : end]
+                assert self.transport is not None
+                self.transport.write(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
+            elif op == 8:
+                code = int.from_bytes(data[pos + h : pos + h + 2], "big") if ln >= 2 else 1005
+                c.closes[code] += 1
+                assert self.transport is not None
+                self.transport.close()
+                return
+            pos = end
+
+    def _inspect(self, payload: bytes) -> None:
+        c = self.client
+        try:
+            blob = decode_blob(payload)
+        except msgspec.DecodeError:
+            c.bad_frames += 1
+            return
+        key = (blob.room, blob.partition)
+        last = self.last.get(key, -1)
+        now = time.time()
+        expected = self.seen.get(blob.room, 0)
+        for offset, raw in zip(blob.offsets, blob.events, strict=True):
+            if offset <= last:  # the documented dedup rule: a replayed position
+                c.replayed += 1
+                continue
+            last = offset
+            ev = _event.decode(raw)
+            if ev.seq < expected:
+                c.duplicated += 1
+                continue
+            if ev.seq > expected:
+                c.gaps += ev.seq - expected
+            expected = ev.seq + 1
+            c.events += 1
+            lat = (now - ev.ts) * 1000.0
+            samples = c.latencies
+            if len(samples) < _MAX_LATENCY_SAMPLES:
+                samples.append(lat)
+            else:  # reservoir sampling keeps the percentiles honest over long runs
+                j = random.randrange(c.events)
+                if j < _MAX_LATENCY_SAMPLES:
+                    samples[j] = lat
+        self.last[key] = last
+        self.seen[blob.room] = expected
+
+
+class _Client:
+    """One process's viewers and counters."""
+
+    def __init__(self) -> None:
+        self.viewers: set[_Viewer] = set()
+        self.paths: list[str] = []
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.inspect = False
+        self.stopping = False
+        self.reset()
+        self._requests: dict[str, bytes] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def reset(self) -> None:
+        self.joined = getattr(self, "joined", 0)
+        self.frames = self.bytes = 0
+        self.events = self.duplicated = self.gaps = self.replayed = self.bad_frames = 0
+        self.lost_connections = 0
+        self.failed = 0
+        self.closes: Counter[int] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.latencies: list[float] = []
+
+    def request(self, path: str) -> bytes:
+        req = self._requests.get(path)
+        if req is None:
+            req = self._requests[path] = _REQUEST.format(
+                path=path, host=self.host, port=self.port
+            ).encode()
+        return req
+
+    def connect(self, host: str, port: int, paths: list[str], inspect: bool, deadline: float) -> None:
+        self.host, self.port, self.paths, self.inspect = host, port, paths, inspect
+        self.stopping = False
+        self._requests.clear()
+        self._task = asyncio.get_running_loop().create_task(self._connect_all(paths, deadline))
+
+    async def _connect_all(self, paths: Sequence[str], deadline: float) -> None:
+        """Open every viewer, at most 200 handshakes in flight; retry refusals until done."""
+        loop = asyncio.get_running_loop()
+        todo = list(paths)
+        sem = asyncio.Semaphore(200)
+
+        async def one(path: str) -> bool:
+            async with sem:
+                if self.stopping:
+                    return True
+                v = _Viewer(self, path)
+                try:
+                    await loop.create_connection(lambda: v, self.host, self.port)
+                except OSError:
+                    self.failed += 1
+                    return False
+                self.viewers.add(v)
+                return True
+
+        while todo and time.time() < deadline and not self.stopping:
+            results = await asyncio.gather(*(one(p) for p in todo))
+            todo = [p for p, ok in zip(todo, results, strict=True) if not ok]
+            if todo:
+                await asyncio.sleep(0.2 + random.random() * 0.3)
+        # Viewers turned away at the handshake (503: rate or capacity limits) come back too.
+        while not self.stopping and time.time() < deadline:
+            await asyncio.sleep(0.25)
+            missing = len(self.paths) - len(self.viewers)
+            if missing <= 0:
+                break
+            present = Counter(v.path for v in self.viewers)
+            need = Counter(self.paths) - present
+            await asyncio.sleep(random.random() * 0.5)
+            await asyncio.gather(*(one(p) for p in need.elements()))
+
+    def drop_all(self) -> None:
+        """Abort every connection at once (a reconnect storm follows via `connect`)."""
+        self.stopping = True
+        if self._task is not None:
+            self._task.cancel()
+        for v in list(self.viewers):
+            v.dropped = True
+            if v.transport is not None:
+                v.transport.abort()
+        self.viewers.clear()
+        self.joined = 0
+
+    def stats(self, latencies: bool = False) -> dict[str, Any]:
+        return {
+            "viewers": len(self.viewers),
+            "joined": self.joined,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "events": self.events,
+            "duplicated": self.duplicated,
+            "gaps": self.gaps,
+            "replayed": self.replayed,
+            "bad_frames": self.bad_frames,
+            "lost_connections": self.lost_connections,
+            "failed": self.failed,
+            "closes": dict(self.closes),
+            "rejected": dict(self.rejected),
+            "latencies": self.latencies if latencies else [],
+        }
+
+
+async def _serve(conn: Connection) -> None:
+    client = _Client()
+    loop = asyncio.get_running_loop()
+    commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+    loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
+    while True:
+        cmd, arg = await commands.get()
+        if cmd == "connect":
+            client.connect(arg["host"], arg["port"], arg["paths"], arg["inspect"], arg["deadline"])
+            conn.send(None)
+        elif cmd == "stats":
+            conn.send(client.stats(latencies=bool(arg)))
+        elif cmd == "reset":
+            client.reset()
+            conn.send(None)
+        elif cmd == "drop":
+            client.drop_all()
+            await asyncio.sleep(0)
+            conn.send(None)
+        elif cmd == "exit":
+            client.drop_all()
+            conn.send(None)
+            return
+
+
+def _main(conn: Connection) -> None:
+    import uvloop
+
+    with contextlib.suppress(KeyboardInterrupt):
+        uvloop.run(_serve(conn))
+
+
+class LoadClients:
+    """Viewers spread over several load-client processes (started now, stopped by `close`)."""
+
+    def __init__(self, viewers: int, per_process: int = PER_PROCESS) -> None:
+        self.count = max(1, -(-viewers // per_process))
+        ctx = mp.get_context("spawn")
+        self._pipes: list[Connection] = []
+        self._procs: list[Any] = []
+        for _ in range(self.count):
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_main, args=(child,), daemon=True)
+            proc.start()
+            child.close()
+            self._pipes.append(parent)
+            self._procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def _all(self, cmd: str, arg: Any = None) -> list[Any]:
+        for pipe in self._pipes:
+            pipe.send((cmd, arg))
+        return [pipe.recv() for pipe in self._pipes]
+
+    def connect(
+        self, port: int, paths: Sequence[str], inspect: bool = False, timeout: float = 120,
+        host: str = "127.0.0.1",
+    ) -> None:
+        """Start opening one viewer per path (returns at once; poll `stats()["joined"]`)."""
+        deadline = time.time() + timeout
+        for i, pipe in enumerate(self._pipes):
+            share = list(paths[i :: self.count])
+            pipe.send(("connect", {"host": host, "port": port, "paths": share,
+                                   "inspect": inspect, "deadline": deadline}))
+        for pipe in self._pipes:
+            pipe.recv()
+
+    def stats(self, latencies: bool = False) -> dict[str, Any]:
+        total: dict[str, Any] = {}
+        for s in self._all("stats", latencies):
+            for k, v in s.items():
+                if isinstance(v, dict):
+                    acc = total.setdefault(k, Counter())
+                    acc.update(v)
+                elif isinstance(v, list):
+                    total.setdefault(k, []).extend(v)
+                else:
+                    total[k] = total.get(k, 0) + v
+        return total
+
+    def reset(self) -> None:
+        self._all("reset")
+
+    def drop(self) -> None:
+        self._all("drop")
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, EOFError):
+            self._all("exit")
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+        self._procs.clear()
+        self._pipes.clear()
+
+    def __enter__(self) -> LoadClients:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_joined(
+    clients: LoadClients, want: int, timeout: float, progress: Any = None
+) -> dict[str, Any]:
+    """Poll until `want` viewers have their `joined` ack; raise with what went wrong if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        s = clients.stats()
+        if progress is not None:
+            progress(f"viewers joined {s['joined']:,}/{want:,}")
+        if s["joined"] >= want:
+            return s
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"only {s['joined']:,} of {want:,} viewers joined in {timeout:.0f}s "
+                f"(refused at handshake: {dict(s['rejected']) or 'none'}, "
+                f"connect errors: {s['failed']}, closes: {dict(s['closes']) or 'none'})"
+            )
+        time.sleep(0.1)
+

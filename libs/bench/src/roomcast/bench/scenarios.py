@@ -1,0 +1,487 @@
+"""The four scenarios. Each is bounded in time, uses loopback only, and stops what it starts.
+
+Every function returns one flat dict (the `--json` object, see docs/benchmarks.md) and takes
+a `progress(text)` callable for the live display.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import itertools
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nats
+import psutil
+
+from roomcast.bench import stack
+from roomcast.bench.loadclient import LoadClients, wait_joined
+from roomcast.core.blob import encode_blob
+from roomcast.core.rooms import room_subject
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Common:
+    viewers: int
+    duration_s: float
+    workers: int
+    state_dir: Path
+    progress: Progress
+
+
+def _paths(viewers: int, rooms: list[str]) -> list[str]:
+    return [f"/ws?room={rooms[i % len(rooms)]}" for i in range(viewers)]
+
+
+def _sample_blob(room: str, size: int) -> bytes:
+    """A blob as ingest would publish it, about `size` bytes."""
+    events, offsets = [], []
+    while sum(map(len, events)) + 80 < size:
+        n = len(events)
+        events.append(b'{"type":"chat","user":"u%d","text":"hello from the bench"}' % n)
+        offsets.append(1000 + n)
+    return encode_blob(room, 0, offsets, events)
+
+
+# ---- fanout -----------------------------------------------------------------------------------
+
+
+async def _publish(
+    nats_url: str, prefix: str, rooms: list[str], rate: float, seconds: float, blob_size: int
+) -> tuple[int, float]:
+    """Publish `rate` blobs per room per second for `seconds`, spread evenly.
+
+    Returns how many were published and over how many seconds."""
+    nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
+    subjects = [room_subject(r, prefix) for r in rooms]
+    blobs = [_sample_blob(r, blob_size) for r in rooms]
+    per_s = rate * len(rooms)
+    start = time.monotonic()
+    sent = 0
+    cycle = itertools.cycle(range(len(rooms)))
+    try:
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * per_s) - sent
+            for _ in range(due):
+                i = next(cycle)
+                await nc.publish(subjects[i], blobs[i])
+            sent += max(due, 0)
+            await nc.flush()
+            await asyncio.sleep(0.01)
+        elapsed = time.monotonic() - start
+    finally:
+        await nc.close()
+    return sent, elapsed
+
+
+def _measure_server(
+    c: Common, server: stack.Server, clients: LoadClients, nats_url: str, prefix: str,
+    rooms: list[str], rate: float, blob_size: int,
+) -> dict[str, Any]:
+    label = server.name
+    with server:
+        base_rss = server.rss_bytes()
+        clients.connect(server.port, _paths(c.viewers, rooms))
+        wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
+                    progress=lambda s: c.progress(f"[fanout {label}] {s}"))
+        time.sleep(1.0)
+        idle_rss = server.rss_bytes()
+        c.progress(f"[fanout {label}] warming up")
+        asyncio.run(_publish(nats_url, prefix, rooms, rate, 1.0, blob_size))
+        time.sleep(0.5)
+        clients.reset()
+        client_procs = [psutil.Process(p) for p in clients.pids]
+        cpu0, ccpu0, t0 = server.cpu_seconds(), stack.cpu_seconds(client_procs), time.monotonic()
+
+        async def publish_with_progress() -> tuple[int, float]:
+            task = asyncio.create_task(
+                _publish(nats_url, prefix, rooms, rate, c.duration_s, blob_size)
+            )
+            while not task.done():
+                await asyncio.sleep(1.0)
+                elapsed = time.monotonic() - t0
+                frames = clients.stats()["frames"]
+                c.progress(
+                    f"[fanout {label}] {min(elapsed, c.duration_s):4.1f}/{c.duration_s:g}s "
+                    f"{c.viewers:,} viewers, {frames / max(elapsed, 1e-9):,.0f} frames/s"
+                )
+            return task.result()
+
+        published, elapsed = asyncio.run(publish_with_progress())
+        time.sleep(0.5)  # the last frames land
+        cpu = server.cpu_seconds() - cpu0
+        ccpu = stack.cpu_seconds(client_procs) - ccpu0
+        s = clients.stats()
+        clients.drop()
+    expected = published * (c.viewers // len(rooms))
+    frames = s["frames"]
+    return {
+        "cpu_us_per_frame": cpu / frames * 1e6 if frames else None,
+        "client_cpu_us_per_frame": ccpu / frames * 1e6 if frames else None,
+        "frames": frames,
+        "frames_per_s": frames / elapsed,
+        "dropped": max(0, expected - frames),
+        "memory_kib_per_viewer": max(0, idle_rss - base_rss) / c.viewers / 1024,
+        "server_cpu_share": cpu / elapsed,
+        "closes": dict(s["closes"]),
+    }
+
+
+def fanout(
+    c: Common, nats_url: str, rooms: int, rate: float, blob_size: int, compare: bool
+) -> dict[str, Any]:
+    rid = stack.run_id()
+    prefix = f"{rid}.room"
+    names = [f"r{i}" for i in range(rooms)]
+    logs = c.state_dir / "logs"
+    servers = [stack.gateway(logs, nats_url, prefix, c.workers)]
+    if compare:
+        servers += [
+            stack.reference(logs, "floor", nats_url, prefix, c.workers),
+            stack.reference(logs, "stock", nats_url, prefix, c.workers),
+        ]
+    results: dict[str, dict[str, Any]] = {}
+    with LoadClients(c.viewers) as clients:
+        for server in servers:
+            results[server.name] = _measure_server(
+                c, server, clients, nats_url, prefix, names, rate, blob_size
+            )
+    gw = results["gateway"]
+    out: dict[str, Any] = {
+        "rooms": rooms,
+        "workers": c.workers,
+        "blobs_per_room_per_s": rate,
+        "blob_bytes": len(_sample_blob("r0", blob_size)),
+        "gateway_cpu_us_per_frame": gw["cpu_us_per_frame"],
+        "frames_per_s": gw["frames_per_s"],
+        "dropped": gw["dropped"],
+        "memory_kib_per_viewer": gw["memory_kib_per_viewer"],
+        "client_cpu_us_per_frame": gw["client_cpu_us_per_frame"],
+        "gateway_cpu_share": gw["server_cpu_share"],
+    }
+    if compare:
+        fl, st = results["floor"], results["stock"]
+        out |= {
+            "floor_cpu_us_per_frame": fl["cpu_us_per_frame"],
+            "stock_cpu_us_per_frame": st["cpu_us_per_frame"],
+            "ratio_vs_floor": _ratio(gw["cpu_us_per_frame"], fl["cpu_us_per_frame"]),
+            "speedup_vs_stock": _ratio(st["cpu_us_per_frame"], gw["cpu_us_per_frame"]),
+            "stock_memory_kib_per_viewer": st["memory_kib_per_viewer"],
+            "floor_dropped": fl["dropped"],
+            "stock_dropped": st["dropped"],
+        }
+    return out
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+# ---- connect ----------------------------------------------------------------------------------
+
+
+def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
+    rid = stack.run_id()
+    names = [f"r{i}" for i in range(rooms)]
+    paths = _paths(c.viewers, names)
+    server = stack.gateway(c.state_dir / "logs", nats_url, f"{rid}.room", c.workers)
+    with server, LoadClients(c.viewers) as clients:
+        time.sleep(0.5)
+        base_rss = server.rss_bytes()
+        t0 = time.monotonic()
+        clients.connect(server.port, paths)
+        wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
+                    progress=lambda s: c.progress(f"[connect] {s}"))
+        handshake_s = time.monotonic() - t0
+        time.sleep(1.0)
+        idle_rss = server.rss_bytes()
+        c.progress("[connect] reconnect storm: every viewer dropped at once")
+        clients.drop()
+        t1 = time.monotonic()
+        clients.connect(server.port, paths)
+        wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
+                    progress=lambda s: c.progress(f"[connect storm] {s}"))
+        storm_s = time.monotonic() - t1
+    return {
+        "rooms": rooms,
+        "workers": c.workers,
+        "handshakes_per_s": c.viewers / handshake_s,
+        "memory_kib_per_viewer": max(0, idle_rss - base_rss) / c.viewers / 1024,
+        "storm_recovery_s": storm_s,
+    }
+
+
+# ---- ingest -----------------------------------------------------------------------------------
+
+
+def _zipf_cdf(n: int, s: float = 1.0) -> list[float]:
+    weights = [1.0 / (k**s) for k in range(1, n + 1)]
+    total = sum(weights)
+    acc, out = 0.0, []
+    for w in weights:
+        acc += w / total
+        out.append(acc)
+    out[-1] = 1.0
+    return out
+
+
+def _zipf_pick(cdf: list[float], rng: random.Random) -> int:
+    return bisect.bisect_left(cdf, rng.random())
+
+
+async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(topic + ".dlq", 1, 1)])
+    finally:
+        await admin.close()
+
+
+async def _produce_bulk(bootstrap: str, topic: str, events: int, rooms: int, progress: Progress) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    cdf = _zipf_cdf(rooms)
+    rng = random.Random(7)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 * 1024, acks=1
+    )
+    await producer.start()
+    try:
+        seqs = [0] * rooms
+        pending = []
+        for i in range(events):
+            r = _zipf_pick(cdf, rng)
+            value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"bench event with some text"}' % (
+                seqs[r], time.time())
+            seqs[r] += 1
+            pending.append(await producer.send(topic, value, key=f"r{r}".encode()))
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+                progress(f"[ingest] producing {i + 1:,}/{events:,} events")
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+
+
+async def _consume_only(bootstrap: str, topic: str, events: int, progress: Progress) -> float:
+    """The ceiling: an aiokafka consumer doing nothing but reading, in a group of its own."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=stack.run_id(), enable_auto_commit=False,
+        auto_offset_reset="earliest", fetch_max_wait_ms=20, max_partition_fetch_bytes=4 << 20,
+    )
+    await consumer.start()
+    try:
+        got, first, t0 = 0, 0, 0.0
+        while got < events:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
+            n = sum(len(v) for v in batch.values())
+            if n and not t0:  # the clock starts at the first batch, which is not counted
+                t0, first = time.monotonic(), n
+            got += n
+            if n:
+                progress(f"[ingest ceiling] {got:,}/{events:,} events read")
+        return (got - first) / (time.monotonic() - t0)
+    finally:
+        await consumer.stop()
+
+
+async def _committed(bootstrap: str, group: str, topic: str) -> int:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
+    finally:
+        await admin.close()
+
+
+def ingest(
+    c: Common, kafka: str, nats_url: str, events: int, rooms: int, partitions: int,
+    window_ms: int,
+) -> dict[str, Any]:
+    rid = stack.run_id()
+    topic = f"{rid}.events"
+    asyncio.run(_create_topic(kafka, topic, partitions))
+    asyncio.run(_produce_bulk(kafka, topic, events, rooms, c.progress))
+    ceiling = asyncio.run(_consume_only(kafka, topic, events, c.progress))
+    proc, metrics_port = stack.ingest(c.state_dir / "logs", kafka, nats_url, topic, rid, window_ms)
+    proc.start()
+    try:
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        t0 = first = 0.0
+        deadline = time.monotonic() + max(120.0, events / 2000)
+        while True:
+            if not proc.alive():
+                raise stack.BrokerError(f"ingest exited; log tail:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ingest did not commit {events:,} events in time")
+            values: dict[str, float] = {}
+            with contextlib.suppress(OSError):
+                _, values = stack.scrape(url)
+            seen = values.get("roomcast_ingest_events_in_total", 0.0)
+            if seen and not t0:
+                t0, first = time.monotonic(), seen
+            if t0:
+                done = asyncio.run(_committed(kafka, rid, topic))
+                c.progress(f"[ingest pipeline] {int(seen):,} consumed, {done:,} committed")
+                if done >= events:
+                    elapsed = time.monotonic() - t0
+                    break
+            time.sleep(0.1)
+        blobs = values.get("roomcast_ingest_blobs_out_total", 0.0)
+    finally:
+        proc.stop()
+    rate = (events - first) / elapsed
+    return {
+        "events": events,
+        "rooms": rooms,
+        "partitions": partitions,
+        "window_ms": window_ms,
+        "events_per_s": rate,
+        "ceiling_events_per_s": ceiling,
+        "ratio_vs_ceiling": rate / ceiling,
+        "blobs": blobs,
+        "events_per_blob": events / blobs if blobs else None,
+    }
+
+
+# ---- e2e --------------------------------------------------------------------------------------
+
+
+async def _produce_live(
+    bootstrap: str, topic: str, rate: float, seconds: float, rooms: int, progress: Progress,
+    stats: Callable[[], dict[str, Any]],
+) -> list[int]:
+    from aiokafka import AIOKafkaProducer
+
+    cdf = _zipf_cdf(rooms)
+    rng = random.Random(11)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    await producer.start()
+    seqs = [0] * rooms
+    try:
+        start = time.monotonic()
+        sent, last_report = 0, start
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * rate) - sent
+            futures = []
+            for _ in range(due):
+                r = _zipf_pick(cdf, rng)
+                value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"hi from the bench"}' % (
+                    seqs[r], time.time())
+                seqs[r] += 1
+                futures.append(await producer.send(topic, value, key=f"r{r}".encode()))
+            sent += max(due, 0)
+            if futures:
+                await asyncio.gather(*futures)
+            if now - last_report >= 1.0:
+                last_report = now
+                s = stats()
+                progress(
+                    f"[e2e] {now - start:4.1f}/{seconds:g}s produced {sent:,}, "
+                    f"viewers got {s['events']:,} events in {s['frames']:,} frames"
+                )
+            await asyncio.sleep(0.005)
+    finally:
+        await producer.stop()
+    return seqs
+
+
+def _percentile(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    i = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[i]
+
+
+def e2e(
+    c: Common, kafka: str, nats_url: str, rooms: int, rate: float, window_ms: int,
+    partitions: int,
+) -> dict[str, Any]:
+    rid = stack.run_id()
+    topic = f"{rid}.events"
+    logs = c.state_dir / "logs"
+    asyncio.run(_create_topic(kafka, topic, partitions))
+    cdf = _zipf_cdf(rooms)
+    rng = random.Random(3)
+    viewer_rooms = [_zipf_pick(cdf, rng) for _ in range(c.viewers)]
+    paths = [f"/ws?room=r{r}" for r in viewer_rooms]
+    proc, _ = stack.ingest(logs, kafka, nats_url, topic, rid, window_ms)
+    server = stack.gateway(logs, nats_url, f"{rid}.room", c.workers)
+    proc.start()
+    try:
+        with server, LoadClients(c.viewers, per_process=5000) as clients:
+            clients.connect(server.port, paths, inspect=True)
+            wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
+                        progress=lambda s: c.progress(f"[e2e] {s}"))
+            clients.reset()
+            t0 = time.monotonic()
+            produced = asyncio.run(
+                _produce_live(kafka, topic, rate, c.duration_s, rooms, c.progress, clients.stats)
+            )
+            produce_s = time.monotonic() - t0
+            expected = sum(produced[r] for r in viewer_rooms)
+            # Let the last window close and the pipeline drain: until viewers have it all, or
+            # nothing more arrives for a few windows.
+            last, still = -1, 0.0
+            settle_deadline = time.monotonic() + 30 + 3 * window_ms / 1000
+            while time.monotonic() < settle_deadline:
+                s = clients.stats()
+                c.progress(f"[e2e] settling: {s['events']:,}/{expected:,} events delivered")
+                if s["events"] >= expected:
+                    break
+                if s["events"] == last:
+                    still += 0.25
+                    if still > 5 + 3 * window_ms / 1000:
+                        break
+                else:
+                    last, still = s["events"], 0.0
+                time.sleep(0.25)
+            elapsed = time.monotonic() - t0
+            s = clients.stats(latencies=True)
+            drops = stack.gateway_totals(
+                server.port, c.workers, ["roomcast_gateway_frames_dropped_total"]
+            )
+    finally:
+        proc.stop()
+    lat = sorted(s["latencies"])
+    return {
+        "rooms": rooms,
+        "workers": c.workers,
+        "window_ms": window_ms,
+        "produced_events": sum(produced),
+        "produced_events_per_s": sum(produced) / produce_s,
+        "events_per_s": s["events"] / elapsed,
+        "frames_per_s": s["frames"] / elapsed,
+        "delivered_events": s["events"],
+        "expected_events": expected,
+        "latency_ms": {
+            "p50": _percentile(lat, 0.50),
+            "p90": _percentile(lat, 0.90),
+            "p99": _percentile(lat, 0.99),
+            "p999": _percentile(lat, 0.999),
+            "max": lat[-1] if lat else None,
+        },
+        "latency_samples": lat,
+        "dropped": int(drops.get("roomcast_gateway_frames_dropped_total", 0)),
+        "lost": max(0, expected - s["events"]),
+        "duplicated": s["duplicated"],
+        "replayed_and_dropped_by_dedup": s["replayed"],
+        "connections_lost": s["lost_connections"],
+    }

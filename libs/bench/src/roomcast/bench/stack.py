@@ -1,0 +1,180 @@
+"""What a bench run starts and stops: brokers (unless given), servers, and their CPU and memory."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from roomcast.devstack import LocalKafka, LocalNats
+from roomcast.devstack.process import BrokerError, ManagedProcess, free_port, wait_for_port
+
+PYTHON = sys.executable
+
+
+@dataclass
+class Brokers:
+    nats: str
+    kafka: str | None
+
+
+@contextlib.contextmanager
+def brokers(state_dir: Path, kafka: bool) -> Iterator[Brokers]:
+    """ROOMCAST_NATS / ROOMCAST_KAFKA if set, else real ones started here and stopped after."""
+    with contextlib.ExitStack() as stack:
+        nats_url = os.environ.get("ROOMCAST_NATS")
+        if not nats_url:
+            nats_url = stack.enter_context(LocalNats(state_dir / "nats")).url
+        bootstrap = None
+        if kafka:
+            bootstrap = os.environ.get("ROOMCAST_KAFKA")
+            if not bootstrap:
+                bootstrap = stack.enter_context(LocalKafka(state_dir / "kafka", topics={})).bootstrap
+        yield Brokers(nats_url, bootstrap)
+
+
+def run_id() -> str:
+    return "bench" + uuid.uuid4().hex[:8]
+
+
+class Server:
+    """One or more server processes (a gateway with its workers, or N reference servers)."""
+
+    def __init__(self, name: str, procs: list[ManagedProcess], port: int) -> None:
+        self.name = name
+        self.procs = procs
+        self.port = port
+
+    def start(self, timeout: float = 30) -> Server:
+        for p in self.procs:
+            p.start()
+        for p in self.procs:
+            wait_for_port(self.port, p, timeout)
+        return self
+
+    def processes(self) -> list[psutil.Process]:
+        out: list[psutil.Process] = []
+        for p in self.procs:
+            if p.pid is None:
+                continue
+            with contextlib.suppress(psutil.NoSuchProcess):
+                top = psutil.Process(p.pid)
+                out.append(top)
+                out.extend(top.children(recursive=True))
+        return out
+
+    def cpu_seconds(self) -> float:
+        return cpu_seconds(self.processes())
+
+    def rss_bytes(self) -> int:
+        total = 0
+        for proc in self.processes():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                total += proc.memory_info().rss
+        return total
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.stop(timeout=20)
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def cpu_seconds(procs: list[psutil.Process]) -> float:
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            t = proc.cpu_times()
+            total += t.user + t.system
+    return total
+
+
+def gateway(
+    logs: Path, nats: str, prefix: str, workers: int, port: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> Server:
+    port = port or free_port()
+    args = [
+        PYTHON, "-m", "roomcast.cli", "gateway", "--nats", nats, "--port", str(port),
+        "--workers", str(workers), "--subject-prefix", prefix,
+        "--max-connects-per-s", "1000000", "--max-viewers", "19000", "--drain-seconds", "0",
+        "--log-level", "warning", *extra,
+    ]
+    proc = ManagedProcess("gateway", args, logs / f"gateway-{port}.log")
+    return Server("gateway", [proc], port)
+
+
+def reference(logs: Path, kind: str, nats: str, prefix: str, workers: int) -> Server:
+    port = free_port()
+    procs = [
+        ManagedProcess(
+            f"{kind}-{i}",
+            [PYTHON, "-m", "roomcast.bench.servers", kind, "--port", str(port), "--nats", nats,
+             "--prefix", prefix],
+            logs / f"{kind}-{port}-{i}.log",
+        )
+        for i in range(workers)
+    ]
+    return Server(kind, procs, port)
+
+
+def ingest(
+    logs: Path, kafka: str, nats: str, topic: str, rid: str, window_ms: int,
+    extra: tuple[str, ...] = (),
+) -> tuple[ManagedProcess, int]:
+    metrics_port = free_port()
+    args = [
+        PYTHON, "-m", "roomcast.cli", "ingest", "--kafka", kafka, "--nats", nats,
+        "--topic", topic, "--group", rid, "--window-ms", str(window_ms),
+        "--subject-prefix", f"{rid}.room", "--stream", rid.upper(),
+        "--metrics-port", str(metrics_port), "--log-level", "warning", *extra,
+    ]
+    return ManagedProcess("ingest", args, logs / f"ingest-{metrics_port}.log"), metrics_port
+
+
+def scrape(url: str, timeout: float = 2) -> tuple[str, dict[str, float]]:
+    """GET a Prometheus endpoint: (worker header or "", {sample name with labels: value})."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp:
+        worker = resp.headers.get("X-Roomcast-Worker", "")
+        text = resp.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            with contextlib.suppress(ValueError):
+                values[name] = float(value)
+    return worker, values
+
+
+def gateway_totals(port: int, workers: int, names: list[str], timeout: float = 5) -> dict[str, float]:
+    """Sum metrics over every worker of a gateway (SO_REUSEPORT spreads the scrapes)."""
+    seen: dict[str, dict[str, float]] = {}
+    deadline = time.monotonic() + timeout
+    while len(seen) < workers and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            worker, values = scrape(f"http://127.0.0.1:{port}/metrics")
+            seen[worker] = values
+    out: dict[str, float] = {}
+    for values in seen.values():
+        for key, v in values.items():
+            for name in names:
+                if key == name or key.startswith(name + "{"):
+                    out[name] = out.get(name, 0.0) + v
+    if len(seen) < workers:
+        raise BrokerError(f"scraped {len(seen)} of {workers} gateway workers' /metrics")
+    return out
+
+
+__all__ = ["BrokerError", "Brokers", "Server", "brokers", "gateway", "ingest", "reference"]
