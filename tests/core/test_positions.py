@@ -36,6 +36,18 @@ def test_gaps_in_offsets_are_fine() -> None:
     assert p.committable() == 21
 
 
+def test_a_batch_consumed_at_once_commits_like_one_by_one() -> None:
+    p = PartitionOffsets()
+    p.consumed_many([5, 6, 9])
+    p.consumed_many([])
+    assert p.committable() == 5
+    p.done([6, 9])
+    assert p.committable() == 5
+    p.done([5])
+    assert p.committable() == 10
+    assert p.last_consumed == 9
+
+
 def blob(room: str, part: int, offsets: list[int]) -> bytes:
     return encode_blob(room, part, offsets, [b'{"o":%d}' % o for o in offsets])
 

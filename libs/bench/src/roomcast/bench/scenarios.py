@@ -275,38 +275,82 @@ async def _produce_bulk(bootstrap: str, topic: str, events: int, rooms: int, pro
         await producer.stop()
 
 
+class _Span:
+    """Rate over the middle of a run: from 10% to 90% of `total` (start-up and the last
+    window's wait are outside it, so the figure is the steady state)."""
+
+    def __init__(self, total: int) -> None:
+        self.lo, self.hi = total // 10, total - total // 10
+        self.t_lo = self.t_hi = 0.0
+        self.n_lo = self.n_hi = 0
+
+    def see(self, n: int) -> bool:
+        now = time.monotonic()
+        if not self.t_lo and n >= self.lo:
+            self.t_lo, self.n_lo = now, n
+        if self.t_lo and n >= self.hi:
+            self.t_hi, self.n_hi = now, n
+            return True
+        return False
+
+    @property
+    def rate(self) -> float:
+        return (self.n_hi - self.n_lo) / max(self.t_hi - self.t_lo, 1e-9)
+
+
+def _consumer_settings() -> dict[str, Any]:
+    # As roomcast ingest configures its consumer (services/ingest/.../worker.py).
+    return {
+        "enable_auto_commit": False, "auto_offset_reset": "earliest", "fetch_max_wait_ms": 20,
+        "max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20,
+    }
+
+
 async def _consume_only(bootstrap: str, topic: str, events: int, progress: Progress) -> float:
     """The ceiling: an aiokafka consumer doing nothing but reading, in a group of its own."""
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=stack.run_id(), enable_auto_commit=False,
-        auto_offset_reset="earliest", fetch_max_wait_ms=20, max_partition_fetch_bytes=4 << 20,
+        topic, bootstrap_servers=bootstrap, group_id=stack.run_id(), **_consumer_settings()
     )
     await consumer.start()
+    span = _Span(events)
     try:
-        got, first, t0 = 0, 0, 0.0
-        while got < events:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=10_000)
-            n = sum(len(v) for v in batch.values())
-            if n and not t0:  # the clock starts at the first batch, which is not counted
-                t0, first = time.monotonic(), n
-            got += n
-            if n:
-                progress(f"[ingest ceiling] {got:,}/{events:,} events read")
-        return (got - first) / (time.monotonic() - t0)
+        got = 0
+        while not span.see(got):
+            batch = await consumer.getmany(timeout_ms=1000)
+            got += sum(len(v) for v in batch.values())
+            progress(f"[ingest ceiling] {got:,}/{events:,} events read")
+        return span.rate
     finally:
         await consumer.stop()
 
 
-async def _committed(bootstrap: str, group: str, topic: str) -> int:
+async def _pipeline(
+    bootstrap: str, topic: str, group: str, events: int, proc: Any, progress: Progress
+) -> float:
+    """Time `roomcast ingest` by its committed offsets: committed = acked by JetStream."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    span = _Span(events)
+    deadline = time.monotonic() + max(180.0, events / 2000)
     try:
-        offsets = await admin.list_consumer_group_offsets(group)
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
+        while True:
+            if not proc.alive():
+                raise stack.BrokerError(f"ingest exited; log tail:\n{proc.log_tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ingest did not commit {events:,} events in time")
+            try:
+                offsets = await admin.list_consumer_group_offsets(group)
+            except Exception:  # noqa: BLE001 (the group may not exist yet)
+                offsets = {}
+            done = sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
+            progress(f"[ingest pipeline] {done:,}/{events:,} events committed")
+            if span.see(done):
+                return span.rate
+            await asyncio.sleep(0.05)
     finally:
         await admin.close()
 
@@ -323,31 +367,12 @@ def ingest(
     proc, metrics_port = stack.ingest(c.state_dir / "logs", kafka, nats_url, topic, rid, window_ms)
     proc.start()
     try:
-        url = f"http://127.0.0.1:{metrics_port}/metrics"
-        t0 = first = 0.0
-        deadline = time.monotonic() + max(120.0, events / 2000)
-        while True:
-            if not proc.alive():
-                raise stack.BrokerError(f"ingest exited; log tail:\n{proc.log_tail()}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"ingest did not commit {events:,} events in time")
-            values: dict[str, float] = {}
-            with contextlib.suppress(OSError):
-                _, values = stack.scrape(url)
-            seen = values.get("roomcast_ingest_events_in_total", 0.0)
-            if seen and not t0:
-                t0, first = time.monotonic(), seen
-            if t0:
-                done = asyncio.run(_committed(kafka, rid, topic))
-                c.progress(f"[ingest pipeline] {int(seen):,} consumed, {done:,} committed")
-                if done >= events:
-                    elapsed = time.monotonic() - t0
-                    break
-            time.sleep(0.1)
-        blobs = values.get("roomcast_ingest_blobs_out_total", 0.0)
+        rate = asyncio.run(_pipeline(kafka, topic, rid, events, proc, c.progress))
+        _, values = stack.scrape(f"http://127.0.0.1:{metrics_port}/metrics")
     finally:
         proc.stop()
-    rate = (events - first) / elapsed
+    blobs = values.get("roomcast_ingest_blobs_out_total", 0.0)
+    events_in = values.get("roomcast_ingest_events_in_total", 0.0)
     return {
         "events": events,
         "rooms": rooms,
@@ -357,7 +382,7 @@ def ingest(
         "ceiling_events_per_s": ceiling,
         "ratio_vs_ceiling": rate / ceiling,
         "blobs": blobs,
-        "events_per_blob": events / blobs if blobs else None,
+        "events_per_blob": events_in / blobs if blobs else None,
     }
 
 

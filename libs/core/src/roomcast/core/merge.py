@@ -79,9 +79,17 @@ class MergeWindow:
             if self.window_s > 0:
                 self._schedule(room, _Room(last_flush=now, due=now + self.window_s))
             return (blob,)
-        out: list[PendingBlob] = []
         buf = state.buf
-        if buf is not None and buf.partition != partition:
+        if buf is not None and buf.partition == partition:  # the hot path: append, no list
+            buf.offsets.append(offset)
+            buf.events.append(event)
+            buf.nbytes += len(event)
+            self.buffered_events += 1
+            if len(buf.offsets) < self.max_events and buf.nbytes < self.max_bytes:
+                return _NONE
+            return (self._take(state),)
+        out: list[PendingBlob] = []
+        if buf is not None:
             # Should not happen with room-keyed records; keep positions exact if it does.
             out.append(self._take(state))
             buf = None

@@ -36,6 +36,13 @@ class PartitionOffsets:
         if offset > self.last_consumed:
             self.last_consumed = offset
 
+    def consumed_many(self, offsets: list[int]) -> None:
+        """`consumed` for a whole fetched batch, in order (one call instead of one per event)."""
+        if offsets:
+            self._pending.extend(offsets)
+            if offsets[-1] > self.last_consumed:
+                self.last_consumed = offsets[-1]
+
     def done(self, offsets: list[int]) -> None:
         """These offsets are acknowledged downstream (JetStream, or the dead-letter topic)."""
         self._done.update(offsets)

@@ -24,7 +24,9 @@ class IngestConfig:
     history_msgs: int = 100  # blobs kept per room subject
     history_age_s: float = 120.0
     duplicate_window_s: float = 120.0
-    max_in_flight: int = 20_000  # unacked events before consumption pauses
+    # Unacked events (in merge windows, in flight, or backlogged) before consumption pauses.
+    # Throughput is at most this many per window: 1M ~ 150 MB of 150-byte events.
+    max_in_flight: int = 1_000_000
     ack_timeout_s: float = 5.0  # republish (same Msg-Id) when JetStream has not acked by then
     commit_interval_s: float = 0.2
     fetch_max_wait_ms: int = 20  # broker-side wait: bounds the leading edge's latency

@@ -15,6 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import nats
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -32,6 +33,7 @@ from roomcast.ingest.config import IngestConfig
 log = logging.getLogger("roomcast.ingest")
 
 _NO_KEY = "no_key"
+_validate_json = msgspec.json.Decoder(msgspec.Raw).decode  # JSON checked, nothing built
 _BAD_ROOM = "bad_room"
 
 
@@ -249,10 +251,11 @@ class IngestWorker:
         rooms = self._rooms
         add = self.window.add
         max_bytes = self.cfg.max_event_bytes
-        consumed = offsets.consumed
+        validate = _validate_json
+        # Every offset is pending from now until its blob (or dead letter) is acknowledged.
+        offsets.consumed_many([r.offset for r in records])
         for r in records:
             offset = r.offset
-            consumed(offset)
             room = rooms.get(r.key)
             if room is None:
                 room = rooms[r.key] = self._check_key(r.key)
@@ -262,13 +265,21 @@ class IngestWorker:
                 await self._dead_letter(r, *room)
                 continue
             value = r.value
+            # check_event, inlined for the common case (valid JSON within the size limit).
             try:
-                check_event(value, max_bytes)
-            except EventError as exc:
-                await self._dead_letter(r, exc.reason, str(exc))
+                if value is None or len(value) > max_bytes:
+                    check_event(value, max_bytes)
+                validate(value)
+            except (EventError, msgspec.DecodeError):
+                try:
+                    check_event(value, max_bytes)
+                except EventError as exc:
+                    await self._dead_letter(r, exc.reason, str(exc))
                 continue
-            for blob in add(room, partition, offset, value, now):  # type: ignore[arg-type]
-                await self._publish(blob)
+            blobs = add(room, partition, offset, value, now)  # type: ignore[arg-type]
+            if blobs:  # usually not: most events wait in their room's window
+                for blob in blobs:
+                    await self._publish(blob)
         self.stats.events += len(records)
         metrics.EVENTS_IN.inc(len(records))
 
@@ -382,12 +393,14 @@ class IngestWorker:
             parts = consumer.assignment()
             if should_pause:
                 consumer.pause(*parts)
-                log.warning(
-                    "consumption paused", extra={"nats_up": self._nats_up(), "unacked": unacked}
+                # Down NATS is news; a full pipeline under a backlog is ordinary flow control.
+                log.log(
+                    logging.WARNING if not self._nats_up() else logging.DEBUG,
+                    "consumption paused", extra={"nats_up": self._nats_up(), "unacked": unacked},
                 )
             else:
                 consumer.resume(*parts)
-                log.info("consumption resumed")
+                log.debug("consumption resumed")
             self._paused = should_pause
             metrics.PAUSED.set(int(should_pause))
 
