@@ -170,7 +170,13 @@ def bench() -> None:
               help="Approximate size of each blob.")
 @click.option("--compare/--no-compare", default=True, show_default=True,
               help="Also measure the raw-socket floor and stock websockets broadcast().")
-def fanout(rooms: int, rate: float, blob_bytes: int, compare: bool, **common: Any) -> None:
+@click.option("--stock-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
+              show_default=True,
+              help="Event loop of the stock server: asyncio as websockets' docs show it, or "
+                   "uvloop as the gateway runs.")
+def fanout(
+    rooms: int, rate: float, blob_bytes: int, compare: bool, stock_loop: str, **common: Any
+) -> None:
     """The gateway alone: blobs injected into NATS, V viewers in R rooms.
 
     Measures the gateway's CPU per delivered frame and, over the same connections in the same
@@ -179,7 +185,8 @@ def fanout(rooms: int, rate: float, blob_bytes: int, compare: bool, **common: An
     """
     with _run("fanout", kafka=False, **common) as one:
         for v in common["viewers"]:
-            one(v, lambda c, b: scenarios.fanout(c, b.nats, rooms, rate, blob_bytes, compare))
+            one(v, lambda c, b: scenarios.fanout(c, b.nats, rooms, rate, blob_bytes, compare,
+                                                     stock_loop))
 
 
 @bench.command()

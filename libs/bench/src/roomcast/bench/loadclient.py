@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import multiprocessing as mp
 import random
+import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -286,7 +287,18 @@ async def _serve(conn: Connection) -> None:
     client = _Client()
     loop = asyncio.get_running_loop()
     commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    loop.add_reader(conn.fileno(), lambda: commands.put_nowait(conn.recv()))
+
+    def read_commands() -> None:  # a thread: the pipe stays blocking (add_reader would not)
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                msg = ("exit", None)
+            loop.call_soon_threadsafe(commands.put_nowait, msg)
+            if msg[0] == "exit":
+                return
+
+    threading.Thread(target=read_commands, daemon=True).start()
     while True:
         cmd, arg = await commands.get()
         if cmd == "connect":
@@ -303,7 +315,8 @@ async def _serve(conn: Connection) -> None:
             conn.send(None)
         elif cmd == "exit":
             client.drop_all()
-            conn.send(None)
+            with contextlib.suppress(OSError):
+                conn.send(None)
             return
 
 

@@ -136,7 +136,8 @@ def _measure_server(
 
 
 def fanout(
-    c: Common, nats_url: str, rooms: int, rate: float, blob_size: int, compare: bool
+    c: Common, nats_url: str, rooms: int, rate: float, blob_size: int, compare: bool,
+    stock_loop: str = "asyncio",
 ) -> dict[str, Any]:
     rid = stack.run_id()
     prefix = f"{rid}.room"
@@ -146,7 +147,7 @@ def fanout(
     if compare:
         servers += [
             stack.reference(logs, "floor", nats_url, prefix, c.workers),
-            stack.reference(logs, "stock", nats_url, prefix, c.workers),
+            stack.reference(logs, "stock", nats_url, prefix, c.workers, stock_loop),
         ]
     results: dict[str, dict[str, Any]] = {}
     with LoadClients(c.viewers) as clients:
@@ -175,6 +176,7 @@ def fanout(
             "ratio_vs_floor": _ratio(gw["cpu_us_per_frame"], fl["cpu_us_per_frame"]),
             "speedup_vs_stock": _ratio(st["cpu_us_per_frame"], gw["cpu_us_per_frame"]),
             "stock_memory_kib_per_viewer": st["memory_kib_per_viewer"],
+            "stock_loop": stock_loop,
             "floor_dropped": fl["dropped"],
             "stock_dropped": st["dropped"],
         }

@@ -10,8 +10,8 @@ injection and the counting are the same for all three; only the per-viewer write
 - `stock`: the websockets library used as its docs show: an asyncio server, a handler
   coroutine per connection, and `websockets.broadcast()` of each message to the room.
 
-Run: python -m roomcast.bench.servers floor|stock --port P --nats URL (SO_REUSEPORT, so
-several processes share a port, like the gateway's workers).
+Run: python -m roomcast.bench.servers floor|stock --port P --nats URL [--loop asyncio|uvloop]
+(SO_REUSEPORT, so several processes share a port, like the gateway's workers).
 """
 
 from __future__ import annotations
@@ -167,8 +167,10 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--nats", required=True)
     parser.add_argument("--prefix", default="roomcast.room")
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
     args = parser.parse_args()
-    uvloop.run(_run(args.kind, args.host, args.port, args.nats, args.prefix))
+    run = uvloop.run if args.loop == "uvloop" else asyncio.run
+    run(_run(args.kind, args.host, args.port, args.nats, args.prefix))
 
 
 if __name__ == "__main__":

@@ -116,13 +116,15 @@ def gateway(
     return Server("gateway", [proc], port)
 
 
-def reference(logs: Path, kind: str, nats: str, prefix: str, workers: int) -> Server:
+def reference(
+    logs: Path, kind: str, nats: str, prefix: str, workers: int, loop: str = "uvloop"
+) -> Server:
     port = free_port()
     procs = [
         ManagedProcess(
             f"{kind}-{i}",
             [PYTHON, "-m", "roomcast.bench.servers", kind, "--port", str(port), "--nats", nats,
-             "--prefix", prefix],
+             "--prefix", prefix, "--loop", loop],
             logs / f"{kind}-{port}-{i}.log",
         )
         for i in range(workers)
