@@ -177,6 +177,7 @@ class Viewer(asyncio.Protocol):
                 ("Connection", "close"),
                 ("Content-Length", str(len(body))),
                 ("Content-Type", content_type),
+                ("X-Roomcast-Worker", str(self.gw.worker_id)),  # /metrics is per worker
             ]
         )
         proto.send_response(Response(status, HTTPStatus(status).phrase, headers, body))
