@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
+import socket
 import sys
 import time
 import urllib.request
@@ -39,6 +41,26 @@ def brokers(state_dir: Path, kafka: bool) -> Iterator[Brokers]:
             if not bootstrap:
                 bootstrap = stack.enter_context(LocalKafka(state_dir / "kafka", topics={})).bootstrap
         yield Brokers(nats_url, bootstrap)
+
+
+def server_port() -> int:
+    """A free port below the ephemeral range: with tens of thousands of client connections
+    open, a port from the ephemeral range (what binding port 0 gives) may be taken by a
+    client socket before the server binds it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, max(10_001, low))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    return free_port()
 
 
 def run_id() -> str:
@@ -105,7 +127,7 @@ def gateway(
     logs: Path, nats: str, prefix: str, workers: int, port: int | None = None,
     extra: tuple[str, ...] = (),
 ) -> Server:
-    port = port or free_port()
+    port = port or server_port()
     args = [
         PYTHON, "-m", "roomcast.cli", "gateway", "--nats", nats, "--port", str(port),
         "--workers", str(workers), "--subject-prefix", prefix,
@@ -119,7 +141,7 @@ def gateway(
 def reference(
     logs: Path, kind: str, nats: str, prefix: str, workers: int, loop: str = "uvloop"
 ) -> Server:
-    port = free_port()
+    port = server_port()
     procs = [
         ManagedProcess(
             f"{kind}-{i}",
@@ -136,7 +158,7 @@ def ingest(
     logs: Path, kafka: str, nats: str, topic: str, rid: str, window_ms: int,
     extra: tuple[str, ...] = (),
 ) -> tuple[ManagedProcess, int]:
-    metrics_port = free_port()
+    metrics_port = server_port()
     args = [
         PYTHON, "-m", "roomcast.cli", "ingest", "--kafka", kafka, "--nats", nats,
         "--topic", topic, "--group", rid, "--window-ms", str(window_ms),

@@ -123,6 +123,7 @@ def dev(
     Logs: STATE_DIR/*.log. Brokers' data stays in STATE_DIR between runs.
     """
     from roomcast.devstack import BrokerError, LocalKafka, LocalNats
+    from roomcast.devstack.kafka import ensure_topics
 
     names = demo_rooms(rooms)
     if demo_only:
@@ -144,7 +145,8 @@ def dev(
                 )
                 kafka = broker.bootstrap
             else:
-                click.echo(f"using Kafka at {kafka} (topic {topic} must exist)")
+                click.echo(f"using Kafka at {kafka}; creating {topic} (8 partitions) if missing")
+                ensure_topics(kafka, {topic: 8, f"{topic}.dlq": 1})
         except BrokerError as exc:
             raise click.ClickException(str(exc)) from None
         procs: list[_Proc] = []

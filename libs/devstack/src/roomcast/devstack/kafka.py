@@ -194,32 +194,7 @@ class LocalKafka:
         return self
 
     async def _create_topics(self, topics: dict[str, int], deadline: float) -> None:
-        from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-        from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc is not None and not self._proc.alive():
-                break
-            admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, request_timeout_ms=5000)
-            try:
-                await admin.start()
-                existing = set(await admin.list_topics())
-                wanted = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
-                if wanted:
-                    with contextlib.suppress(TopicAlreadyExistsError):
-                        await admin.create_topics(wanted)
-                return
-            except (KafkaError, OSError) as exc:
-                last = exc
-            finally:
-                await admin.close()
-            await asyncio.sleep(0.3)
-        tail = self._proc.log_tail() if self._proc else ""
-        raise BrokerError(
-            f"Kafka at {self.bootstrap} was not ready within {self.timeout:g}s ({last});"
-            f" last lines of {self.log_path}:\n{tail}"
-        )
+        await _create_topics(self.bootstrap, topics, deadline, self._proc, self.log_path)
 
     def create_topic(self, name: str, partitions: int = DEFAULT_PARTITIONS) -> str:
         asyncio.run(self._create_topics({name: partitions}, time.monotonic() + self.timeout))
@@ -239,3 +214,37 @@ class LocalKafka:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+async def _create_topics(
+    bootstrap: str, topics: dict[str, int], deadline: float,
+    proc: ManagedProcess | None = None, log_path: Path | None = None,
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            break
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            wanted = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+            if wanted:
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics(wanted)
+            return
+        except (KafkaError, OSError) as exc:
+            last = exc
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.3)
+    tail = f"; last lines of {log_path}:\n{proc.log_tail()}" if proc and log_path else ""
+    raise BrokerError(f"Kafka at {bootstrap} did not answer in time ({last}){tail}")
+
+
+def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30) -> None:
+    """Create those of `topics` (name -> partitions) that a running Kafka does not have yet."""
+    asyncio.run(_create_topics(bootstrap, topics, time.monotonic() + timeout))
