@@ -189,6 +189,7 @@ class _Client:
         self.port = 0
         self.inspect = False
         self.stopping = False
+        self.source = "127.0.0.1"
         self.reset()
         self._requests: dict[str, bytes] = {}
         self._task: asyncio.Task[None] | None = None
@@ -211,8 +212,11 @@ class _Client:
             ).encode()
         return req
 
-    def connect(self, host: str, port: int, paths: list[str], inspect: bool, deadline: float) -> None:
+    def connect(
+        self, host: str, port: int, paths: list[str], inspect: bool, deadline: float, source: str
+    ) -> None:
         self.host, self.port, self.paths, self.inspect = host, port, paths, inspect
+        self.source = source
         self.stopping = False
         self._requests.clear()
         self._task = asyncio.get_running_loop().create_task(self._connect_all(paths, deadline))
@@ -229,7 +233,9 @@ class _Client:
                     return True
                 v = _Viewer(self, path)
                 try:
-                    await loop.create_connection(lambda: v, self.host, self.port)
+                    await loop.create_connection(
+                        lambda: v, self.host, self.port, local_addr=(self.source, 0)
+                    )
                 except OSError:
                     self.failed += 1
                     return False
@@ -302,7 +308,8 @@ async def _serve(conn: Connection) -> None:
     while True:
         cmd, arg = await commands.get()
         if cmd == "connect":
-            client.connect(arg["host"], arg["port"], arg["paths"], arg["inspect"], arg["deadline"])
+            client.connect(arg["host"], arg["port"], arg["paths"], arg["inspect"], arg["deadline"],
+                           arg["source"])
             conn.send(None)
         elif cmd == "stats":
             conn.send(client.stats(latencies=bool(arg)))
@@ -332,6 +339,7 @@ class LoadClients:
 
     def __init__(self, viewers: int, per_process: int = PER_PROCESS) -> None:
         self.count = max(1, -(-viewers // per_process))
+        self._rounds = 0
         ctx = mp.get_context("spawn")
         self._pipes: list[Connection] = []
         self._procs: list[Any] = []
@@ -342,6 +350,12 @@ class LoadClients:
             child.close()
             self._pipes.append(parent)
             self._procs.append(proc)
+
+    def _source(self, i: int) -> str:
+        """The loopback address process `i` connects from in this round. One source address
+        has ~28k ephemeral ports towards one server port: each process and each round gets an
+        address of its own (all of 127.0.0.0/8 is loopback)."""
+        return f"127.{1 + self._rounds % 200}.{i // 250}.{1 + i % 250}"
 
     @property
     def pids(self) -> list[int]:
@@ -358,10 +372,12 @@ class LoadClients:
     ) -> None:
         """Start opening one viewer per path (returns at once; poll `stats()["joined"]`)."""
         deadline = time.time() + timeout
+        self._rounds += 1
         for i, pipe in enumerate(self._pipes):
             share = list(paths[i :: self.count])
             pipe.send(("connect", {"host": host, "port": port, "paths": share,
-                                   "inspect": inspect, "deadline": deadline}))
+                                   "inspect": inspect, "deadline": deadline,
+                                   "source": self._source(i)}))
         for pipe in self._pipes:
             pipe.recv()
 

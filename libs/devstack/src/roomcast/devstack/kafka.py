@@ -25,7 +25,7 @@ from roomcast.devstack.process import (
     BrokerError,
     ManagedProcess,
     check_port_free,
-    free_port,
+    free_ports,
     wait_for_port,
 )
 
@@ -106,8 +106,9 @@ class LocalKafka:
         heap: str = "768m",
     ) -> None:
         self.state_dir = Path(state_dir)
-        self.port = port or free_port()
-        self.controller_port = free_port()
+        picked = free_ports(2)
+        self.port = port or picked[0]
+        self.controller_port = picked[1] if picked[1] != self.port else picked[0]
         self.topics = {DEFAULT_TOPIC: DEFAULT_PARTITIONS} if topics is None else topics
         self.timeout = timeout
         self.heap = heap

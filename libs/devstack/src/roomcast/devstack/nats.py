@@ -12,7 +12,7 @@ from roomcast.devstack.process import (
     BrokerError,
     ManagedProcess,
     check_port_free,
-    free_port,
+    free_ports,
     wait_for_port,
 )
 
@@ -36,8 +36,9 @@ class LocalNats:
 
     def __init__(self, state_dir: Path | str, port: int | None = None, timeout: float = 20):
         self.state_dir = Path(state_dir)
-        self.port = port or free_port()
-        self.monitor_port = free_port()
+        picked = free_ports(2)
+        self.port = port or picked[0]
+        self.monitor_port = picked[1] if picked[1] != self.port else picked[0]
         self.timeout = timeout
         self._proc = ManagedProcess(
             "nats-server",
