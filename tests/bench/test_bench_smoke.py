@@ -25,7 +25,10 @@ def bench(tmp_path: Path, nats_url: str, kafka: str | None, *args: str) -> dict[
         env["ROOMCAST_KAFKA"] = kafka
     proc = subprocess.run(
         [*ROOMCAST, "bench", *args, "--json", str(out), "--state-dir", str(tmp_path / "state")],
-        env=env, capture_output=True, text=True, timeout=240,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"roomcast bench {args[0]}" in proc.stdout  # the summary table
@@ -41,17 +44,38 @@ def positive(*values: Any) -> bool:
 
 
 def test_fanout_measures_gateway_floor_and_stock(tmp_path: Path, nats_url: str) -> None:
-    doc = bench(tmp_path, nats_url, None, "fanout", "--viewers", "200", "--rooms", "4",
-                "--duration", "2", "--workers", "1", "--rate", "5")
+    doc = bench(
+        tmp_path,
+        nats_url,
+        None,
+        "fanout",
+        "--viewers",
+        "200",
+        "--rooms",
+        "4",
+        "--duration",
+        "2",
+        "--workers",
+        "1",
+        "--rate",
+        "5",
+    )
     assert doc["viewers"] == 200
-    assert positive(doc["gateway_cpu_us_per_frame"], doc["floor_cpu_us_per_frame"],
-                    doc["stock_cpu_us_per_frame"], doc["ratio_vs_floor"],
-                    doc["speedup_vs_stock"], doc["frames_per_s"], doc["memory_kib_per_viewer"])
+    assert positive(
+        doc["gateway_cpu_us_per_frame"],
+        doc["floor_cpu_us_per_frame"],
+        doc["stock_cpu_us_per_frame"],
+        doc["ratio_vs_floor"],
+        doc["speedup_vs_stock"],
+        doc["frames_per_s"],
+        doc["memory_kib_per_viewer"],
+    )
     # 200 viewers x 5 frames/s for 2 s: the gateway delivered them all.
     assert doc["frames_per_s"] > 200 * 5 * 0.5
     assert doc["dropped"] == 0
-    assert math.isclose(doc["ratio_vs_floor"],
-                        doc["gateway_cpu_us_per_frame"] / doc["floor_cpu_us_per_frame"])
+    assert math.isclose(
+        doc["ratio_vs_floor"], doc["gateway_cpu_us_per_frame"] / doc["floor_cpu_us_per_frame"]
+    )
 
 
 def test_connect_measures_handshakes_memory_and_storm(tmp_path: Path, nats_url: str) -> None:
@@ -64,8 +88,18 @@ def test_connect_measures_handshakes_memory_and_storm(tmp_path: Path, nats_url: 
 def test_ingest_measures_pipeline_against_ceiling(
     tmp_path: Path, nats_url: str, kafka_bootstrap: str
 ) -> None:
-    doc = bench(tmp_path, nats_url, kafka_bootstrap, "ingest", "--events", "20000",
-                "--rooms", "50", "--window-ms", "200")
+    doc = bench(
+        tmp_path,
+        nats_url,
+        kafka_bootstrap,
+        "ingest",
+        "--events",
+        "20000",
+        "--rooms",
+        "50",
+        "--window-ms",
+        "200",
+    )
     assert positive(doc["events_per_s"], doc["ceiling_events_per_s"], doc["ratio_vs_ceiling"])
     assert doc["events_per_blob"] > 1  # merging happened
 
@@ -74,9 +108,26 @@ def test_e2e_checks_every_event_and_times_it(
     tmp_path: Path, nats_url: str, kafka_bootstrap: str
 ) -> None:
     plot = tmp_path / "latency.png"
-    doc = bench(tmp_path, nats_url, kafka_bootstrap, "e2e", "--viewers", "40", "--rooms", "5",
-                "--rate", "200", "--duration", "3", "--window-ms", "200", "--workers", "2",
-                "--plot", str(plot))
+    doc = bench(
+        tmp_path,
+        nats_url,
+        kafka_bootstrap,
+        "e2e",
+        "--viewers",
+        "40",
+        "--rooms",
+        "5",
+        "--rate",
+        "200",
+        "--duration",
+        "3",
+        "--window-ms",
+        "200",
+        "--workers",
+        "2",
+        "--plot",
+        str(plot),
+    )
     assert doc["lost"] == 0 and doc["duplicated"] == 0 and doc["dropped"] == 0
     assert doc["delivered_events"] == doc["expected_events"] > 0
     lat = doc["latency_ms"]

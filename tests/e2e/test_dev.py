@@ -28,10 +28,27 @@ def test_dev_runs_the_demo_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("ROOMCAST_KAFKA", "ROOMCAST_NATS")}
     log = (tmp_path / "dev.out").open("wb")
     dev = subprocess.Popen(
-        [*ROOMCAST, "dev", "--state-dir", str(tmp_path / "state"), "--nats-port", str(nats_port),
-         "--kafka-port", str(kafka_port), "--port", str(port), "--rate", "40",
-         "--window-ms", "300", "--duration", "240"],
-        stdout=log, stderr=subprocess.STDOUT, env=env,
+        [
+            *ROOMCAST,
+            "dev",
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--nats-port",
+            str(nats_port),
+            "--kafka-port",
+            str(kafka_port),
+            "--port",
+            str(port),
+            "--rate",
+            "40",
+            "--window-ms",
+            "300",
+            "--duration",
+            "240",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 180
@@ -43,16 +60,28 @@ def test_dev_runs_the_demo_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
         assert f"ws://127.0.0.1:{port}/ws" in out and "roomcast watch demo-1" in out
 
         watch = subprocess.run(
-            [*ROOMCAST, "watch", "demo-1", "--url", f"ws://127.0.0.1:{port}/ws", "--events",
-             "--count", "5", "--timeout", "60"],
-            capture_output=True, text=True, timeout=90,
+            [
+                *ROOMCAST,
+                "watch",
+                "demo-1",
+                "--url",
+                f"ws://127.0.0.1:{port}/ws",
+                "--events",
+                "--count",
+                "5",
+                "--timeout",
+                "60",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
         )
         assert watch.returncode == 0, watch.stderr
         lines = watch.stdout.splitlines()
         assert len(lines) == 5
         for line in lines:  # "<time> demo-1 p<partition>@<offset> <event JSON>"
             assert " demo-1 " in line
-            json.loads(line[line.index("{"):])
+            json.loads(line[line.index("{") :])
 
         dev.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert dev.wait(90) == 0, (tmp_path / "dev.out").read_text()

@@ -128,7 +128,7 @@ async def test_every_viewer_gets_exactly_its_rooms_events_in_order_and_merged(
     def complete() -> bool:
         return all(len(received[i][room]) >= sent[room] for i, rs in enumerate(plan) for room in rs)
 
-    while not complete() and time.monotonic() < started + 60:  # noqa: ASYNC110 (a bounded poll)
+    while not complete() and time.monotonic() < started + 60:
         await asyncio.sleep(0.1)
     await asyncio.sleep(2 * WINDOW_MS / 1000)  # a late duplicate would show up by now
     for task in readers:

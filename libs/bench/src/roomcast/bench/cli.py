@@ -63,20 +63,47 @@ class _Progress:
 
 def _common(f: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--viewers", default="1000", callback=_viewer_list, show_default=True,
-                     help="Viewer count, or several separated by commas for a sweep "
-                          "(e.g. 1000,10000,50000)."),
-        click.option("--duration", "duration_s", type=click.FloatRange(1, 600), default=10,
-                     show_default=True, help="Seconds of measurement per server or run."),
-        click.option("--workers", type=click.IntRange(1, 64), default=CPUS, show_default=True,
-                     help="Gateway worker processes (and reference-server processes). Each holds "
-                          "at most ~19,000 viewers (open-files limit)."),
-        click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Write the figures here as one JSON object."),
-        click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
-                     help="Draw a PNG: latency CDF (e2e), or figures against viewers (sweeps)."),
-        click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-                     help="Broker data and process logs (default: a temporary directory)."),
+        click.option(
+            "--viewers",
+            default="1000",
+            callback=_viewer_list,
+            show_default=True,
+            help="Viewer count, or several separated by commas for a sweep "
+            "(e.g. 1000,10000,50000).",
+        ),
+        click.option(
+            "--duration",
+            "duration_s",
+            type=click.FloatRange(1, 600),
+            default=10,
+            show_default=True,
+            help="Seconds of measurement per server or run.",
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(1, 64),
+            default=CPUS,
+            show_default=True,
+            help="Gateway worker processes (and reference-server processes). Each holds "
+            "at most ~19,000 viewers (open-files limit).",
+        ),
+        click.option(
+            "--json",
+            "json_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Write the figures here as one JSON object.",
+        ),
+        click.option(
+            "--plot",
+            "plot_path",
+            type=click.Path(dir_okay=False, path_type=Path),
+            help="Draw a PNG: latency CDF (e2e), or figures against viewers (sweeps).",
+        ),
+        click.option(
+            "--state-dir",
+            type=click.Path(file_okay=False, path_type=Path),
+            help="Broker data and process logs (default: a temporary directory).",
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -85,8 +112,14 @@ def _common(f: Callable[..., Any]) -> Callable[..., Any]:
 
 @contextmanager
 def _run(
-    name: str, viewers: list[int], duration_s: float, workers: int, state_dir: Path | None,
-    json_path: Path | None, plot_path: Path | None, kafka: bool,
+    name: str,
+    viewers: list[int],
+    duration_s: float,
+    workers: int,
+    state_dir: Path | None,
+    json_path: Path | None,
+    plot_path: Path | None,
+    kafka: bool,
 ) -> Iterator[Callable[[int, Callable[[scenarios.Common, Any], dict[str, Any]]], None]]:
     """Shared plumbing: brokers, progress, one run per viewer count, table, JSON and plot."""
     from roomcast.bench import stack
@@ -130,8 +163,14 @@ def _run(
     if len(runs) == 1:
         doc: dict[str, Any] = {**runs[0], "machine": machine}
     else:
-        doc = {"scenario": name, "viewers": viewers, "duration_s": duration_s,
-               "started_at": started, "machine": machine, "runs": runs}
+        doc = {
+            "scenario": name,
+            "viewers": viewers,
+            "duration_s": duration_s,
+            "started_at": started,
+            "machine": machine,
+            "runs": runs,
+        }
     if plot_path is not None:
         plot(name, runs, plot_path)
         click.echo(f"plot written to {plot_path}", err=True)
@@ -162,18 +201,41 @@ def bench() -> None:
 
 @bench.command()
 @_common
-@click.option("--rooms", type=click.IntRange(1), default=100, show_default=True,
-              help="Rooms; viewer i watches room i mod ROOMS.")
-@click.option("--rate", type=click.FloatRange(0.1, 1000), default=5, show_default=True,
-              help="Blobs published per room per second (= frames per viewer per second).")
-@click.option("--blob-bytes", type=click.IntRange(100, 65536), default=200, show_default=True,
-              help="Approximate size of each blob.")
-@click.option("--compare/--no-compare", default=True, show_default=True,
-              help="Also measure the raw-socket floor and stock websockets broadcast().")
-@click.option("--stock-loop", type=click.Choice(["asyncio", "uvloop"]), default="asyncio",
-              show_default=True,
-              help="Event loop of the stock server: asyncio as websockets' docs show it, or "
-                   "uvloop as the gateway runs.")
+@click.option(
+    "--rooms",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Rooms; viewer i watches room i mod ROOMS.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(0.1, 1000),
+    default=5,
+    show_default=True,
+    help="Blobs published per room per second (= frames per viewer per second).",
+)
+@click.option(
+    "--blob-bytes",
+    type=click.IntRange(100, 65536),
+    default=200,
+    show_default=True,
+    help="Approximate size of each blob.",
+)
+@click.option(
+    "--compare/--no-compare",
+    default=True,
+    show_default=True,
+    help="Also measure the raw-socket floor and stock websockets broadcast().",
+)
+@click.option(
+    "--stock-loop",
+    type=click.Choice(["asyncio", "uvloop"]),
+    default="asyncio",
+    show_default=True,
+    help="Event loop of the stock server: asyncio as websockets' docs show it, or "
+    "uvloop as the gateway runs.",
+)
 def fanout(
     rooms: int, rate: float, blob_bytes: int, compare: bool, stock_loop: str, **common: Any
 ) -> None:
@@ -185,8 +247,12 @@ def fanout(
     """
     with _run("fanout", kafka=False, **common) as one:
         for v in common["viewers"]:
-            one(v, lambda c, b: scenarios.fanout(c, b.nats, rooms, rate, blob_bytes, compare,
-                                                     stock_loop))
+            one(
+                v,
+                lambda c, b: scenarios.fanout(
+                    c, b.nats, rooms, rate, blob_bytes, compare, stock_loop
+                ),
+            )
 
 
 @bench.command()
@@ -206,10 +272,20 @@ def connect(rooms: int, **common: Any) -> None:
 
 @bench.command()
 @_common
-@click.option("--events", type=click.IntRange(1000), default=200_000, show_default=True,
-              help="Events produced before the clock starts.")
-@click.option("--rooms", type=click.IntRange(1), default=1000, show_default=True,
-              help="Rooms, with Zipf popularity.")
+@click.option(
+    "--events",
+    type=click.IntRange(1000),
+    default=200_000,
+    show_default=True,
+    help="Events produced before the clock starts.",
+)
+@click.option(
+    "--rooms",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="Rooms, with Zipf popularity.",
+)
 @click.option("--partitions", type=click.IntRange(1), default=8, show_default=True)
 @click.option("--window-ms", type=click.IntRange(0), default=1000, show_default=True)
 def ingest(events: int, rooms: int, partitions: int, window_ms: int, **common: Any) -> None:
@@ -220,16 +296,28 @@ def ingest(events: int, rooms: int, partitions: int, window_ms: int, **common: A
     committed (so every blob is acknowledged by JetStream). --viewers is not used.
     """
     with _run("ingest", kafka=True, **common) as one:
-        one(0, lambda c, b: scenarios.ingest(c, b.kafka, b.nats, events, rooms, partitions,
-                                             window_ms))
+        one(
+            0,
+            lambda c, b: scenarios.ingest(c, b.kafka, b.nats, events, rooms, partitions, window_ms),
+        )
 
 
 @bench.command()
 @_common
-@click.option("--rooms", type=click.IntRange(1), default=100, show_default=True,
-              help="Rooms; events and viewers pick rooms with Zipf popularity.")
-@click.option("--rate", type=click.FloatRange(1, 200_000), default=1000, show_default=True,
-              help="Events produced per second.")
+@click.option(
+    "--rooms",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Rooms; events and viewers pick rooms with Zipf popularity.",
+)
+@click.option(
+    "--rate",
+    type=click.FloatRange(1, 200_000),
+    default=1000,
+    show_default=True,
+    help="Events produced per second.",
+)
 @click.option("--window-ms", type=click.IntRange(0), default=1000, show_default=True)
 @click.option("--partitions", type=click.IntRange(1), default=8, show_default=True)
 def e2e(rooms: int, rate: float, window_ms: int, partitions: int, **common: Any) -> None:
@@ -240,5 +328,7 @@ def e2e(rooms: int, rate: float, window_ms: int, partitions: int, **common: Any)
     """
     with _run("e2e", kafka=True, **common) as one:
         for v in common["viewers"]:
-            one(v, lambda c, b: scenarios.e2e(c, b.kafka, b.nats, rooms, rate, window_ms,
-                                              partitions))
+            one(
+                v,
+                lambda c, b: scenarios.e2e(c, b.kafka, b.nats, rooms, rate, window_ms, partitions),
+            )

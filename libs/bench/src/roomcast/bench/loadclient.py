@@ -47,7 +47,15 @@ _event = msgspec.json.Decoder(_Event)
 
 class _Viewer(asyncio.Protocol):
     __slots__ = (
-        "buf", "client", "dropped", "joined", "last", "path", "seen", "transport", "upgraded"
+        "buf",
+        "client",
+        "dropped",
+        "joined",
+        "last",
+        "path",
+        "seen",
+        "transport",
+        "upgraded",
     )
 
     def __init__(self, client: _Client, path: str) -> None:
@@ -76,7 +84,7 @@ class _Viewer(asyncio.Protocol):
         if not c.stopping:
             c.lost_connections += 1
 
-    def data_received(self, data: bytes) -> None:  # noqa: C901 (one hot loop, kept flat)
+    def data_received(self, data: bytes) -> None:
         if not self.upgraded:
             data = self.buf + data
             end = data.find(b"\r\n\r\n")
@@ -308,8 +316,14 @@ async def _serve(conn: Connection) -> None:
     while True:
         cmd, arg = await commands.get()
         if cmd == "connect":
-            client.connect(arg["host"], arg["port"], arg["paths"], arg["inspect"], arg["deadline"],
-                           arg["source"])
+            client.connect(
+                arg["host"],
+                arg["port"],
+                arg["paths"],
+                arg["inspect"],
+                arg["deadline"],
+                arg["source"],
+            )
             conn.send(None)
         elif cmd == "stats":
             conn.send(client.stats(latencies=bool(arg)))
@@ -367,7 +381,11 @@ class LoadClients:
         return [pipe.recv() for pipe in self._pipes]
 
     def connect(
-        self, port: int, paths: Sequence[str], inspect: bool = False, timeout: float = 120,
+        self,
+        port: int,
+        paths: Sequence[str],
+        inspect: bool = False,
+        timeout: float = 120,
         host: str = "127.0.0.1",
     ) -> None:
         """Start opening one viewer per path (returns at once; poll `stats()["joined"]`)."""
@@ -375,9 +393,19 @@ class LoadClients:
         self._rounds += 1
         for i, pipe in enumerate(self._pipes):
             share = list(paths[i :: self.count])
-            pipe.send(("connect", {"host": host, "port": port, "paths": share,
-                                   "inspect": inspect, "deadline": deadline,
-                                   "source": self._source(i)}))
+            pipe.send(
+                (
+                    "connect",
+                    {
+                        "host": host,
+                        "port": port,
+                        "paths": share,
+                        "inspect": inspect,
+                        "deadline": deadline,
+                        "source": self._source(i),
+                    },
+                )
+            )
         for pipe in self._pipes:
             pipe.recv()
 
@@ -435,4 +463,3 @@ def wait_joined(
                 f"connect errors: {s['failed']}, closes: {dict(s['closes']) or 'none'})"
             )
         time.sleep(0.1)
-

@@ -95,8 +95,11 @@ def plot(scenario: str, runs: list[dict[str, Any]], path: Path) -> None:
         xs = [r["viewers"] for r in runs]
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.5))
         series = {
-            "fanout": [("gateway_cpu_us_per_frame", "gateway"), ("floor_cpu_us_per_frame",
-                       "raw-socket floor"), ("stock_cpu_us_per_frame", "stock broadcast()")],
+            "fanout": [
+                ("gateway_cpu_us_per_frame", "gateway"),
+                ("floor_cpu_us_per_frame", "raw-socket floor"),
+                ("stock_cpu_us_per_frame", "stock broadcast()"),
+            ],
             "connect": [("memory_kib_per_viewer", "memory per idle viewer (KiB)")],
             "ingest": [("events_per_s", "pipeline"), ("ceiling_events_per_s", "ceiling")],
         }[scenario]
@@ -108,8 +111,11 @@ def plot(scenario: str, runs: list[dict[str, Any]], path: Path) -> None:
         a1.set_ylabel("CPU per delivered frame (us)" if scenario == "fanout" else "")
         a1.legend()
         a1.grid(True, alpha=0.3)
-        second = {"fanout": "frames_per_s", "connect": "handshakes_per_s",
-                  "ingest": "events_per_s"}[scenario]
+        second = {
+            "fanout": "frames_per_s",
+            "connect": "handshakes_per_s",
+            "ingest": "events_per_s",
+        }[scenario]
         a2.plot(xs, [r.get(second) for r in runs], marker="o")
         a2.set_xlabel("viewers")
         a2.set_ylabel(second.replace("_", " "))

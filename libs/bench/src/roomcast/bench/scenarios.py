@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import itertools
 import random
 import time
@@ -83,15 +82,25 @@ async def _publish(
 
 
 def _measure_server(
-    c: Common, server: stack.Server, clients: LoadClients, nats_url: str, prefix: str,
-    rooms: list[str], rate: float, blob_size: int,
+    c: Common,
+    server: stack.Server,
+    clients: LoadClients,
+    nats_url: str,
+    prefix: str,
+    rooms: list[str],
+    rate: float,
+    blob_size: int,
 ) -> dict[str, Any]:
     label = server.name
     with server:
         base_rss = server.rss_bytes()
         clients.connect(server.port, _paths(c.viewers, rooms))
-        wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
-                    progress=lambda s: c.progress(f"[fanout {label}] {s}"))
+        wait_joined(
+            clients,
+            c.viewers,
+            timeout=60 + c.viewers / 500,
+            progress=lambda s: c.progress(f"[fanout {label}] {s}"),
+        )
         time.sleep(1.0)
         idle_rss = server.rss_bytes()
         c.progress(f"[fanout {label}] warming up")
@@ -136,7 +145,12 @@ def _measure_server(
 
 
 def fanout(
-    c: Common, nats_url: str, rooms: int, rate: float, blob_size: int, compare: bool,
+    c: Common,
+    nats_url: str,
+    rooms: int,
+    rate: float,
+    blob_size: int,
+    compare: bool,
     stock_loop: str = "asyncio",
 ) -> dict[str, Any]:
     rid = stack.run_id()
@@ -200,8 +214,12 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
         base_rss = server.rss_bytes()
         t0 = time.monotonic()
         clients.connect(server.port, paths)
-        wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
-                    progress=lambda s: c.progress(f"[connect] {s}"))
+        wait_joined(
+            clients,
+            c.viewers,
+            timeout=60 + c.viewers / 500,
+            progress=lambda s: c.progress(f"[connect] {s}"),
+        )
         handshake_s = time.monotonic() - t0
         time.sleep(1.0)
         idle_rss = server.rss_bytes()
@@ -209,8 +227,12 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
         clients.drop()
         t1 = time.monotonic()
         clients.connect(server.port, paths)
-        wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
-                    progress=lambda s: c.progress(f"[connect storm] {s}"))
+        wait_joined(
+            clients,
+            c.viewers,
+            timeout=60 + c.viewers / 500,
+            progress=lambda s: c.progress(f"[connect storm] {s}"),
+        )
         storm_s = time.monotonic() - t1
     return {
         "rooms": rooms,
@@ -250,7 +272,9 @@ async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
         await admin.close()
 
 
-async def _produce_bulk(bootstrap: str, topic: str, events: int, rooms: int, progress: Progress) -> None:
+async def _produce_bulk(
+    bootstrap: str, topic: str, events: int, rooms: int, progress: Progress
+) -> None:
     from aiokafka import AIOKafkaProducer
 
     cdf = _zipf_cdf(rooms)
@@ -265,7 +289,9 @@ async def _produce_bulk(bootstrap: str, topic: str, events: int, rooms: int, pro
         for i in range(events):
             r = _zipf_pick(cdf, rng)
             value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"bench event with some text"}' % (
-                seqs[r], time.time())
+                seqs[r],
+                time.time(),
+            )
             seqs[r] += 1
             pending.append(await producer.send(topic, value, key=f"r{r}".encode()))
             if len(pending) >= 20_000:
@@ -307,8 +333,11 @@ class _Span:
 def _consumer_settings() -> dict[str, Any]:
     # As roomcast ingest configures its consumer (services/ingest/.../worker.py).
     return {
-        "enable_auto_commit": False, "auto_offset_reset": "earliest", "fetch_max_wait_ms": 20,
-        "max_partition_fetch_bytes": 4 << 20, "fetch_max_bytes": 32 << 20,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": 20,
+        "max_partition_fetch_bytes": 4 << 20,
+        "fetch_max_bytes": 32 << 20,
     }
 
 
@@ -350,7 +379,7 @@ async def _pipeline(
                 raise TimeoutError(f"ingest did not commit {events:,} events in time")
             try:
                 offsets = await admin.list_consumer_group_offsets(group)
-            except Exception:  # noqa: BLE001 (the group may not exist yet)
+            except Exception:
                 offsets = {}
             done = sum(m.offset for tp, m in offsets.items() if tp.topic == topic and m.offset > 0)
             progress(f"[ingest pipeline] {done:,}/{events:,} events committed")
@@ -362,7 +391,12 @@ async def _pipeline(
 
 
 def ingest(
-    c: Common, kafka: str, nats_url: str, events: int, rooms: int, partitions: int,
+    c: Common,
+    kafka: str,
+    nats_url: str,
+    events: int,
+    rooms: int,
+    partitions: int,
     window_ms: int,
 ) -> dict[str, Any]:
     rid = stack.run_id()
@@ -396,7 +430,12 @@ def ingest(
 
 
 async def _produce_live(
-    bootstrap: str, topic: str, rate: float, seconds: float, rooms: int, progress: Progress,
+    bootstrap: str,
+    topic: str,
+    rate: float,
+    seconds: float,
+    rooms: int,
+    progress: Progress,
     stats: Callable[[], dict[str, Any]],
 ) -> list[int]:
     from aiokafka import AIOKafkaProducer
@@ -415,7 +454,9 @@ async def _produce_live(
             for _ in range(due):
                 r = _zipf_pick(cdf, rng)
                 value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"hi from the bench"}' % (
-                    seqs[r], time.time())
+                    seqs[r],
+                    time.time(),
+                )
                 seqs[r] += 1
                 futures.append(await producer.send(topic, value, key=f"r{r}".encode()))
             sent += max(due, 0)
@@ -442,7 +483,12 @@ def _percentile(sorted_values: list[float], q: float) -> float | None:
 
 
 def e2e(
-    c: Common, kafka: str, nats_url: str, rooms: int, rate: float, window_ms: int,
+    c: Common,
+    kafka: str,
+    nats_url: str,
+    rooms: int,
+    rate: float,
+    window_ms: int,
     partitions: int,
 ) -> dict[str, Any]:
     rid = stack.run_id()
@@ -459,8 +505,12 @@ def e2e(
     try:
         with server, LoadClients(c.viewers, per_process=5000) as clients:
             clients.connect(server.port, paths, inspect=True)
-            wait_joined(clients, c.viewers, timeout=60 + c.viewers / 500,
-                        progress=lambda s: c.progress(f"[e2e] {s}"))
+            wait_joined(
+                clients,
+                c.viewers,
+                timeout=60 + c.viewers / 500,
+                progress=lambda s: c.progress(f"[e2e] {s}"),
+            )
             clients.reset()
             t0 = time.monotonic()
             produced = asyncio.run(

@@ -39,7 +39,9 @@ def brokers(state_dir: Path, kafka: bool) -> Iterator[Brokers]:
         if kafka:
             bootstrap = os.environ.get("ROOMCAST_KAFKA")
             if not bootstrap:
-                bootstrap = stack.enter_context(LocalKafka(state_dir / "kafka", topics={})).bootstrap
+                bootstrap = stack.enter_context(
+                    LocalKafka(state_dir / "kafka", topics={})
+                ).bootstrap
         yield Brokers(nats_url, bootstrap)
 
 
@@ -124,15 +126,36 @@ def cpu_seconds(procs: list[psutil.Process]) -> float:
 
 
 def gateway(
-    logs: Path, nats: str, prefix: str, workers: int, port: int | None = None,
+    logs: Path,
+    nats: str,
+    prefix: str,
+    workers: int,
+    port: int | None = None,
     extra: tuple[str, ...] = (),
 ) -> Server:
     port = port or server_port()
     args = [
-        PYTHON, "-m", "roomcast.cli", "gateway", "--nats", nats, "--port", str(port),
-        "--workers", str(workers), "--subject-prefix", prefix,
-        "--max-connects-per-s", "1000000", "--max-viewers", "19000", "--drain-seconds", "0",
-        "--log-level", "warning", *extra,
+        PYTHON,
+        "-m",
+        "roomcast.cli",
+        "gateway",
+        "--nats",
+        nats,
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--subject-prefix",
+        prefix,
+        "--max-connects-per-s",
+        "1000000",
+        "--max-viewers",
+        "19000",
+        "--drain-seconds",
+        "0",
+        "--log-level",
+        "warning",
+        *extra,
     ]
     proc = ManagedProcess("gateway", args, logs / f"gateway-{port}.log")
     return Server("gateway", [proc], port)
@@ -145,8 +168,20 @@ def reference(
     procs = [
         ManagedProcess(
             f"{kind}-{i}",
-            [PYTHON, "-m", "roomcast.bench.servers", kind, "--port", str(port), "--nats", nats,
-             "--prefix", prefix, "--loop", loop],
+            [
+                PYTHON,
+                "-m",
+                "roomcast.bench.servers",
+                kind,
+                "--port",
+                str(port),
+                "--nats",
+                nats,
+                "--prefix",
+                prefix,
+                "--loop",
+                loop,
+            ],
             logs / f"{kind}-{port}-{i}.log",
         )
         for i in range(workers)
@@ -155,15 +190,39 @@ def reference(
 
 
 def ingest(
-    logs: Path, kafka: str, nats: str, topic: str, rid: str, window_ms: int,
+    logs: Path,
+    kafka: str,
+    nats: str,
+    topic: str,
+    rid: str,
+    window_ms: int,
     extra: tuple[str, ...] = (),
 ) -> tuple[ManagedProcess, int]:
     metrics_port = server_port()
     args = [
-        PYTHON, "-m", "roomcast.cli", "ingest", "--kafka", kafka, "--nats", nats,
-        "--topic", topic, "--group", rid, "--window-ms", str(window_ms),
-        "--subject-prefix", f"{rid}.room", "--stream", rid.upper(),
-        "--metrics-port", str(metrics_port), "--log-level", "warning", *extra,
+        PYTHON,
+        "-m",
+        "roomcast.cli",
+        "ingest",
+        "--kafka",
+        kafka,
+        "--nats",
+        nats,
+        "--topic",
+        topic,
+        "--group",
+        rid,
+        "--window-ms",
+        str(window_ms),
+        "--subject-prefix",
+        f"{rid}.room",
+        "--stream",
+        rid.upper(),
+        "--metrics-port",
+        str(metrics_port),
+        "--log-level",
+        "warning",
+        *extra,
     ]
     return ManagedProcess("ingest", args, logs / f"ingest-{metrics_port}.log"), metrics_port
 
@@ -182,7 +241,9 @@ def scrape(url: str, timeout: float = 2) -> tuple[str, dict[str, float]]:
     return worker, values
 
 
-def gateway_totals(port: int, workers: int, names: list[str], timeout: float = 5) -> dict[str, float]:
+def gateway_totals(
+    port: int, workers: int, names: list[str], timeout: float = 5
+) -> dict[str, float]:
     """Sum metrics over every worker of a gateway (SO_REUSEPORT spreads the scrapes)."""
     seen: dict[str, dict[str, float]] = {}
     deadline = time.monotonic() + timeout

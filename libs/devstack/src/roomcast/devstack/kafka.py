@@ -218,8 +218,11 @@ class LocalKafka:
 
 
 async def _create_topics(
-    bootstrap: str, topics: dict[str, int], deadline: float,
-    proc: ManagedProcess | None = None, log_path: Path | None = None,
+    bootstrap: str,
+    topics: dict[str, int],
+    deadline: float,
+    proc: ManagedProcess | None = None,
+    log_path: Path | None = None,
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError

@@ -396,7 +396,8 @@ class IngestWorker:
                 # Down NATS is news; a full pipeline under a backlog is ordinary flow control.
                 log.log(
                     logging.WARNING if not self._nats_up() else logging.DEBUG,
-                    "consumption paused", extra={"nats_up": self._nats_up(), "unacked": unacked},
+                    "consumption paused",
+                    extra={"nats_up": self._nats_up(), "unacked": unacked},
                 )
             else:
                 consumer.resume(*parts)
