@@ -221,6 +221,7 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
             progress=lambda s: c.progress(f"[connect] {s}"),
         )
         handshake_s = time.monotonic() - t0
+        first = clients.stats()
         time.sleep(1.0)
         idle_rss = server.rss_bytes()
         c.progress("[connect] reconnect storm: every viewer dropped at once")
@@ -234,12 +235,19 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
             progress=lambda s: c.progress(f"[connect storm] {s}"),
         )
         storm_s = time.monotonic() - t1
+        storm = clients.stats()
     return {
         "rooms": rooms,
         "workers": c.workers,
         "handshakes_per_s": c.viewers / handshake_s,
         "memory_kib_per_viewer": max(0, idle_rss - base_rss) / c.viewers / 1024,
         "storm_recovery_s": storm_s,
+        # Diagnostics: connection attempts that failed (refused, reset, timed out) and
+        # handshakes answered with something else than 101, per phase.
+        "connect_errors": first["failed"],
+        "refused": dict(first["rejected"]),
+        "storm_connect_errors": storm["failed"],
+        "storm_refused": dict(storm["rejected"]),
     }
 
 
