@@ -75,6 +75,8 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
                     for offset, event in got.fresh:
                         out.write(f"{stamp} {b.room} p{b.partition}@{offset} {event.decode()}\n")
                         seen += 1
+                        if count and seen >= count:  # exactly --count lines, even mid-blob
+                            break
                 else:
                     span = f"{b.offsets[0]}..{b.offsets[-1]}" if b.offsets else "-"
                     n = len(b.offsets)
