@@ -236,8 +236,22 @@ def bench() -> None:
     help="Event loop of the stock server: asyncio as websockets' docs show it, or "
     "uvloop as the gateway runs.",
 )
+@click.option(
+    "--rounds",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="Measure each server this many times, interleaved (each round starts with a different "
+    "one); report the median run and the median of the ratios taken within each round.",
+)
 def fanout(
-    rooms: int, rate: float, blob_bytes: int, compare: bool, stock_loop: str, **common: Any
+    rooms: int,
+    rate: float,
+    blob_bytes: int,
+    compare: bool,
+    stock_loop: str,
+    rounds: int,
+    **common: Any,
 ) -> None:
     """The gateway alone: blobs injected into NATS, V viewers in R rooms.
 
@@ -250,7 +264,7 @@ def fanout(
             one(
                 v,
                 lambda c, b: scenarios.fanout(
-                    c, b.nats, rooms, rate, blob_bytes, compare, stock_loop
+                    c, b.nats, rooms, rate, blob_bytes, compare, stock_loop, rounds
                 ),
             )
 

@@ -11,6 +11,7 @@ _ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("viewers", "viewers", "{:,}"),
         ("rooms", "rooms", "{:,}"),
         ("workers", "worker processes", "{}"),
+        ("rounds", "rounds (medians)", "{}"),
         ("frames_per_s", "frames/s delivered (gateway)", "{:,.0f}"),
         ("gateway_cpu_us_per_frame", "gateway CPU per frame", "{:.2f} us"),
         ("floor_cpu_us_per_frame", "raw-socket floor CPU per frame", "{:.2f} us"),
