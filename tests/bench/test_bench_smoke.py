@@ -79,12 +79,8 @@ def test_fanout_measures_gateway_floor_and_stock(tmp_path: Path, nats_url: str) 
     rounds = doc["rounds_cpu_us_per_frame"]
     assert len(rounds) == 2 and all(positive(*r.values()) for r in rounds)
     assert doc["gateway_cpu_us_per_frame"] in [r["gateway"] for r in rounds]
-    assert math.isclose(
-        doc["ratio_vs_floor"], sum(r["gateway"] / r["floor"] for r in rounds) / 2
-    )
-    assert math.isclose(
-        doc["speedup_vs_stock"], sum(r["stock"] / r["gateway"] for r in rounds) / 2
-    )
+    assert math.isclose(doc["ratio_vs_floor"], sum(r["gateway"] / r["floor"] for r in rounds) / 2)
+    assert math.isclose(doc["speedup_vs_stock"], sum(r["stock"] / r["gateway"] for r in rounds) / 2)
 
 
 def test_connect_measures_handshakes_memory_and_storm(tmp_path: Path, nats_url: str) -> None:
