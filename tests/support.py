@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -11,6 +12,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 ROOMCAST = [sys.executable, "-m", "roomcast.cli"]
@@ -70,3 +72,44 @@ def wait_http_ok(url: str, service: Service, timeout: float = 30) -> None:
     raise AssertionError(
         f"{service.name} not ready at {url} after {timeout}s:\n{service.log_tail()}"
     )
+
+
+async def create_topic(kafka: str, name: str, partitions: int) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(name, partitions, 1)])
+    finally:
+        await admin.close()
+
+
+def start_pipeline(
+    services: Callable[[str, list[str]], Service],
+    kafka: str,
+    nats: str,
+    *,
+    name: str,
+    partitions: int,
+    window_ms: int,
+) -> tuple[str, int]:
+    """A fresh topic (and its .dlq), one ingest and one gateway worker on their own subjects and
+    stream, as an operator starts them. Returns the topic and the gateway's port, once healthy."""
+    topic, prefix = unique(name), unique(name).replace("-", "_")
+    asyncio.run(create_topic(kafka, topic, partitions))
+    asyncio.run(create_topic(kafka, topic + ".dlq", 1))
+    port = free_port()
+    gateway = services(
+        "gateway",
+        ["gateway", "--nats", nats, "--port", str(port), "--workers", "1"]
+        + ["--subject-prefix", prefix],
+    )
+    services(
+        "ingest",
+        ["ingest", "--kafka", kafka, "--nats", nats, "--topic", topic, "--group", unique("g")]
+        + ["--window-ms", str(window_ms), "--subject-prefix", prefix]
+        + ["--stream", unique("S").replace("-", "_"), "--metrics-port", "0"],
+    )
+    wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
+    return topic, port

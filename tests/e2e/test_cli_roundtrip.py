@@ -2,59 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 from collections.abc import Callable
 
-from tests.e2e.test_pipeline import create_topic
-from tests.support import ROOMCAST, Service, free_port, unique, wait_http_ok
+from tests.support import ROOMCAST, Service, start_pipeline, unique
 
 
 def test_produce_then_watch_shows_the_events(
     kafka_bootstrap: str, nats_url: str, services: Callable[[str, list[str]], Service]
 ) -> None:
-    topic, prefix = unique("cli"), unique("cli").replace("-", "_")
-    asyncio.run(create_topic(kafka_bootstrap, topic, 4))
-    asyncio.run(create_topic(kafka_bootstrap, topic + ".dlq", 1))
-    port = free_port()
-    gateway = services(
-        "gateway",
-        [
-            "gateway",
-            "--nats",
-            nats_url,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--subject-prefix",
-            prefix,
-        ],
+    topic, port = start_pipeline(
+        services, kafka_bootstrap, nats_url, name="cli", partitions=4, window_ms=300
     )
-    services(
-        "ingest",
-        [
-            "ingest",
-            "--kafka",
-            kafka_bootstrap,
-            "--nats",
-            nats_url,
-            "--topic",
-            topic,
-            "--group",
-            unique("g"),
-            "--window-ms",
-            "300",
-            "--subject-prefix",
-            prefix,
-            "--stream",
-            unique("S").replace("-", "_"),
-            "--metrics-port",
-            "0",
-        ],
-    )
-    wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
     room = unique("lobby")
     watch = subprocess.Popen(
         ROOMCAST

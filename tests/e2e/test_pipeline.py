@@ -10,25 +10,15 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from websockets.asyncio.client import ClientConnection, connect
 
 from roomcast.core.blob import decode_blob
 from roomcast.core.protocol import message_type
-from tests.support import Service, free_port, unique, wait_http_ok
+from tests.support import Service, start_pipeline, unique
 
 WINDOW_MS = 500
 EVENTS = 1000
 PRODUCE_SECONDS = 5.0
-
-
-async def create_topic(kafka: str, name: str, partitions: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(name, partitions, 1)])
-    finally:
-        await admin.close()
 
 
 async def join(ws: ClientConnection, room: str) -> None:
@@ -42,47 +32,15 @@ async def join(ws: ClientConnection, room: str) -> None:
 async def test_every_viewer_gets_exactly_its_rooms_events_in_order_and_merged(
     kafka_bootstrap: str, nats_url: str, services: Callable[[str, list[str]], Service]
 ) -> None:
-    topic, prefix = unique("e2e"), unique("e2e").replace("-", "_")
-    await create_topic(kafka_bootstrap, topic, 8)
-    await create_topic(kafka_bootstrap, topic + ".dlq", 1)
-    port = free_port()
-    gateway = services(
-        "gateway",
-        [
-            "gateway",
-            "--nats",
-            nats_url,
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--subject-prefix",
-            prefix,
-        ],
+    topic, port = await asyncio.to_thread(
+        start_pipeline,
+        services,
+        kafka_bootstrap,
+        nats_url,
+        name="e2e",
+        partitions=8,
+        window_ms=WINDOW_MS,
     )
-    services(
-        "ingest",
-        [
-            "ingest",
-            "--kafka",
-            kafka_bootstrap,
-            "--nats",
-            nats_url,
-            "--topic",
-            topic,
-            "--group",
-            unique("g"),
-            "--window-ms",
-            str(WINDOW_MS),
-            "--subject-prefix",
-            prefix,
-            "--stream",
-            unique("S").replace("-", "_"),
-            "--metrics-port",
-            "0",
-        ],
-    )
-    wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
 
     rooms = [unique("room") for _ in range(3)]
     # 30 viewers; every third one also watches the next room.
