@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import msgspec
 
 from roomcast.core.blob import decode_blob, encode_blob
@@ -46,6 +48,28 @@ def test_a_batch_consumed_at_once_commits_like_one_by_one() -> None:
     p.done([5])
     assert p.committable() == 10
     assert p.last_consumed == 9
+
+
+def test_commit_point_matches_a_model_under_any_ack_order() -> None:
+    rng = random.Random(7)
+    p = PartitionOffsets()
+    unacked: set[int] = set()
+    offset = 100
+    for _ in range(300):
+        if rng.random() < 0.5:  # a fetched batch, with an occasional gap (compaction, markers)
+            batch = []
+            for _ in range(rng.randint(1, 20)):
+                offset += rng.choice((1, 1, 1, 3))
+                batch.append(offset)
+            p.consumed_many(batch)
+            unacked.update(batch)
+        elif unacked:  # a blob of some of them is acked, in any order
+            acked = rng.sample(sorted(unacked), rng.randint(1, min(8, len(unacked))))
+            p.done(acked)
+            unacked.difference_update(acked)
+        expected = min(unacked) if unacked else offset + 1
+        assert p.committable() == expected
+        assert p.in_flight == len(unacked)
 
 
 def blob(room: str, part: int, offsets: list[int]) -> bytes:

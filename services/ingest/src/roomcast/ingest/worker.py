@@ -385,8 +385,9 @@ class IngestWorker:
         """Pause consumption while NATS is down or too much is unacked; memory stays bounded."""
         consumer = self._consumer
         assert consumer is not None
-        unacked = sum(len(e.blob.offsets) for e in self.in_flight.values()) if self.in_flight else 0
-        unacked += sum(len(b.offsets) for b in self.backlog) + self.window.buffered_events
+        # Consumed and not yet acked: in a merge window, in the backlog, in flight to JetStream,
+        # or a dead letter on its way (one len() per partition, not a walk over the blobs).
+        unacked = sum(o.in_flight for o in self.offsets.values())
         metrics.IN_FLIGHT.set(unacked)
         should_pause = not self._nats_up() or unacked > self.cfg.max_in_flight
         if should_pause != self._paused:
