@@ -102,7 +102,7 @@ def _measure_server(
             timeout=60 + c.viewers / 500,
             progress=lambda s: c.progress(f"[fanout {label}] {s}"),
         )
-        time.sleep(1.0)
+        time.sleep(min(1.0, 0.2 + c.viewers / 10_000))  # settle before reading idle memory
         idle_rss = server.rss_bytes()
         c.progress(f"[fanout {label}] warming up")
         asyncio.run(_publish(nats_url, prefix, rooms, rate, 1.0, blob_size))
@@ -253,7 +253,7 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
         )
         handshake_s = time.monotonic() - t0
         first = clients.stats()
-        time.sleep(1.0)
+        time.sleep(min(1.0, 0.2 + c.viewers / 10_000))  # settle before reading idle memory
         idle_rss = server.rss_bytes()
         c.progress("[connect] reconnect storm: every viewer dropped at once")
         clients.drop()
