@@ -73,9 +73,12 @@ def test_push_to_all_reaches_every_viewer(gateway: Callable[..., Gateway]) -> No
 def test_frames_for_one_viewer_in_one_turn_go_in_one_write(gateway: Callable[..., Gateway]) -> None:
     gw = gateway()
     both = RawViewer(gw.port)
-    for room in ("a", "b"):
-        both.send_frame(Opcode.TEXT, join_message(room).encode())
-    assert [m["type"] for m in both.messages(2)] == ["joined", "joined"]
+    both.send_frame(Opcode.TEXT, join_message("a").encode())
+    assert [m["type"] for m in both.messages(1)] == ["joined"]
+    gw.publish("a", gw.blob("a", 100))  # fanned out while the viewer is in one room only
+    assert both.messages(1)[0]["offsets"] == [100]
+    both.send_frame(Opcode.TEXT, join_message("b").encode())
+    assert [m["type"] for m in both.messages(1)] == ["joined"]
     before = metric(gw, "roomcast_gateway_coalesced_writes_total")
     # two rooms' blobs in one NATS flush: they reach the gateway in the same loop turn
     gw.publish_many([(r, gw.blob(r, i)) for i in range(20) for r in "ab"])
@@ -84,6 +87,26 @@ def test_frames_for_one_viewer_in_one_turn_go_in_one_write(gateway: Callable[...
         (r, i) for r in "ab" for i in range(20)
     )
     assert metric(gw, "roomcast_gateway_coalesced_writes_total") > before
+
+
+def test_a_viewer_that_leaves_gets_nothing_more_from_the_room(
+    gateway: Callable[..., Gateway],
+) -> None:
+    gw = gateway()
+    leaver, stayer = RawViewer(gw.port, "/ws?room=c"), RawViewer(gw.port, "/ws?room=c")
+    for v in (leaver, stayer):
+        assert v.messages(1) == [{"type": "joined", "room": "c"}]
+    gw.publish("c", gw.blob("c", 1))  # both get it
+    for v in (leaver, stayer):
+        assert v.messages(1)[0]["offsets"] == [1]
+    leaver.send_frame(Opcode.TEXT, b'{"type":"leave","room":"c"}')
+    assert leaver.messages(1) == [{"type": "left", "room": "c"}]
+    leaver.send_frame(Opcode.TEXT, join_message("d").encode())
+    assert leaver.messages(1) == [{"type": "joined", "room": "d"}]
+    gw.publish("c", gw.blob("c", 2))
+    assert stayer.messages(1)[0]["offsets"] == [2]  # c's blob has been fanned out by now
+    gw.publish("d", gw.blob("d", 3))
+    assert [(m["room"], m["offsets"]) for m in leaver.messages(1)] == [("d", [3])]
 
 
 def test_one_stalled_viewer_never_delays_the_others_and_is_closed_with_4008(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +36,10 @@ class Room:
     sub: Subscription | None = None
     subscribing: bool = False
     waiting: list[Viewer] = field(default_factory=list)  # joined before the SUB was confirmed
+    # The viewers' bound `transport.write`s, while every viewer of the room watches no other
+    # room and is not slow (the common case: the fan-out is then a bare loop of calls). [] when
+    # that does not hold; None when it must be worked out again (a join, a leave, slow, caught up).
+    writers: list[Callable[[bytes], object]] | None = None
 
 
 class Gateway:
@@ -108,12 +113,20 @@ class Gateway:
             room = self.rooms.get(batch[0][0])
             if room is not None:
                 frame = text_frame(batch[0][1])
-                for v in room.viewers:
-                    if v.slow_since:
-                        dropped += 1
-                    else:
-                        v.transport.write(frame)  # type: ignore[union-attr]
-                sent = len(room.viewers) - dropped
+                writers = room.writers
+                if writers is None:
+                    writers = self._writers(room)
+                if writers:
+                    for write in writers:
+                        write(frame)
+                    sent = len(writers)
+                else:
+                    for v in room.viewers:
+                        if v.slow_since:
+                            dropped += 1
+                        else:
+                            v.transport.write(frame)  # type: ignore[union-attr]
+                    sent = len(room.viewers) - dropped
                 nbytes = sent * len(frame)
         else:
             sent, dropped, nbytes = self._flush_many(batch)
@@ -136,6 +149,16 @@ class Gateway:
                 room = self.rooms.get(name)
                 if room is None:
                     continue
+                if not has_all:
+                    writers = room.writers
+                    if writers is None:
+                        writers = self._writers(room)
+                    if writers:  # nobody here gets another frame this turn: write it now
+                        for write in writers:
+                            write(frame)
+                        sent += len(writers)
+                        nbytes += len(writers) * len(frame)
+                        continue
                 targets = room.viewers
             for v in targets:
                 if v.slow_since:
@@ -163,6 +186,23 @@ class Gateway:
         if coalesced:
             metrics.COALESCED_WRITES.inc(coalesced)
         return sent, dropped, nbytes
+
+    @staticmethod
+    def _writers(room: Room) -> list[Callable[[bytes], object]]:
+        vs = room.viewers
+        if all(not v.slow_since and len(v.rooms) == 1 for v in vs):
+            room.writers = [v.transport.write for v in vs]  # type: ignore[union-attr]
+        else:
+            room.writers = []
+        return room.writers
+
+    def _changed(self, v: Viewer) -> None:
+        """`v` joined, left, got slow or caught up: its rooms' writer lists are stale."""
+        rooms = self.rooms
+        for name in v.rooms:
+            room = rooms.get(name)
+            if room is not None:
+                room.writers = None
 
     # ---- registry -----------------------------------------------------------------------------
 
@@ -192,6 +232,7 @@ class Gateway:
             room = self.rooms[name] = Room(name)
             metrics.ROOMS.set(len(self.rooms))
         room.viewers.add(v)
+        self._changed(v)
         if room.sub is not None:
             v.send(encode_server_message(Joined(name)))
             return
@@ -229,10 +270,12 @@ class Gateway:
 
     def leave(self, v: Viewer, name: str, ack: bool = False) -> None:
         v.rooms.remove(name)
+        self._changed(v)
         room = self.rooms.get(name)
         if room is None:
             return
         room.viewers.discard(v)
+        room.writers = None
         if ack:
             v.send(encode_server_message(Left(name)))
         if not room.viewers:
@@ -259,9 +302,11 @@ class Gateway:
 
     def viewer_slow(self, v: Viewer) -> None:
         self.slow.add(v)
+        self._changed(v)
 
     def viewer_caught_up(self, v: Viewer) -> None:
         self.slow.discard(v)
+        self._changed(v)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
