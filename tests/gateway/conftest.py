@@ -110,11 +110,14 @@ class RawViewer:
         self.proto.send_request(self.proto.connect())
         self._flush()
         self.response: Response | None = None
+        self._early: list[object] = []  # what came in the same read as the 101 (a "joined")
         deadline = time.monotonic() + 10
         while self.response is None and time.monotonic() < deadline:
-            for event in self._read():
+            events = self._read()
+            for i, event in enumerate(events):
                 if isinstance(event, Response):
                     self.response = event
+                    self._early = events[i + 1 :]
         assert self.response is not None and self.response.status_code == 101
 
     def _flush(self) -> None:
@@ -123,6 +126,9 @@ class RawViewer:
                 self.sock.sendall(chunk)
 
     def _read(self) -> list[object]:
+        if self._early:
+            events, self._early = self._early, []
+            return events
         data = self.sock.recv(65536)
         if data:
             self.proto.receive_data(data)
