@@ -139,3 +139,4 @@ def test_e2e_checks_every_event_and_times_it(
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p999"] < 10_000
     assert positive(doc["events_per_s"], doc["frames_per_s"])
     assert plot.read_bytes().startswith(b"\x89PNG")
+    assert "latency_samples" not in doc  # the raw sample feeds the plot, not the JSON

@@ -160,6 +160,11 @@ def _run(
     }
     for r in runs:
         r.update(scenario=name, duration_s=duration_s, started_at=started)
+    if plot_path is not None:
+        plot(name, runs, plot_path)
+        click.echo(f"plot written to {plot_path}", err=True)
+    for r in runs:  # the raw latency sample feeds the plot; the JSON has its percentiles
+        r.pop("latency_samples", None)
     if len(runs) == 1:
         doc: dict[str, Any] = {**runs[0], "machine": machine}
     else:
@@ -171,13 +176,7 @@ def _run(
             "machine": machine,
             "runs": runs,
         }
-    if plot_path is not None:
-        plot(name, runs, plot_path)
-        click.echo(f"plot written to {plot_path}", err=True)
     if json_path is not None:
-        if name == "e2e":
-            for r in runs:
-                r.pop("latency_samples", None)
         json_path.write_text(json.dumps(doc, indent=2) + "\n")
         click.echo(f"figures written to {json_path}", err=True)
 
