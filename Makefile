@@ -9,7 +9,7 @@ HELM_VERSION := v3.22.0
 HELM := .tools/bin/helm
 export ROOMCAST_HELM := $(abspath $(HELM))
 export UV_PYTHON_DOWNLOADS := never
-export UV_PYTHON := $(shell command -v $(PYTHON))
+export UV_PYTHON := $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 
 .PHONY: help setup dev test test-fast lint format bench-smoke clean
 
