@@ -121,21 +121,11 @@ class _Viewer(asyncio.Protocol):
                 return
             b0 = data[pos]
             ln = data[pos + 1] & 0x7F
-            h = 2
-            if ln == 126:
-                if n - pos < 4:
-                    self.buf = data[pos:]
-                    return
-                ln = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                h = 4
-            elif ln == 127:
-                if n - pos < 10:
-                    self.buf = data[pos:]
-                    return
-                ln = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                h = 10
+            h = 2 if ln < 126 else 4 if ln == 126 else 10  # header bytes (server frames: no mask)
+            if h > 2:
+                ln = int.from_bytes(data[pos + 2 : pos + h], "big")
             end = pos + h + ln
-            if end > n:
+            if end > n:  # incomplete header or payload: wait for more
                 self.buf = data[pos:]
                 return
             op = b0 & 0x0F

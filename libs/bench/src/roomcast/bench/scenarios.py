@@ -82,6 +82,21 @@ async def _publish(
     return sent, elapsed
 
 
+def _connect_all(
+    c: Common, clients: LoadClients, port: int, paths: list[str], label: str, inspect: bool = False
+) -> float:
+    """Connect one viewer per path and wait for every `joined` ack; the seconds it took."""
+    t0 = time.monotonic()
+    clients.connect(port, paths, inspect=inspect)
+    wait_joined(
+        clients,
+        len(paths),
+        timeout=60 + len(paths) / 500,
+        progress=lambda s: c.progress(f"[{label}] {s}"),
+    )
+    return time.monotonic() - t0
+
+
 def _measure_server(
     c: Common,
     server: stack.Server,
@@ -95,13 +110,7 @@ def _measure_server(
 ) -> dict[str, Any]:
     with server:
         base_rss = server.rss_bytes()
-        clients.connect(server.port, _paths(c.viewers, rooms))
-        wait_joined(
-            clients,
-            c.viewers,
-            timeout=60 + c.viewers / 500,
-            progress=lambda s: c.progress(f"[fanout {label}] {s}"),
-        )
+        _connect_all(c, clients, server.port, _paths(c.viewers, rooms), f"fanout {label}")
         time.sleep(min(1.0, 0.2 + c.viewers / 10_000))  # settle before reading idle memory
         idle_rss = server.rss_bytes()
         c.progress(f"[fanout {label}] warming up")
@@ -243,29 +252,13 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
     with server, LoadClients(c.viewers) as clients:
         time.sleep(0.5)
         base_rss = server.rss_bytes()
-        t0 = time.monotonic()
-        clients.connect(server.port, paths)
-        wait_joined(
-            clients,
-            c.viewers,
-            timeout=60 + c.viewers / 500,
-            progress=lambda s: c.progress(f"[connect] {s}"),
-        )
-        handshake_s = time.monotonic() - t0
+        handshake_s = _connect_all(c, clients, server.port, paths, "connect")
         first = clients.stats()
         time.sleep(min(1.0, 0.2 + c.viewers / 10_000))  # settle before reading idle memory
         idle_rss = server.rss_bytes()
         c.progress("[connect] reconnect storm: every viewer dropped at once")
         clients.drop()
-        t1 = time.monotonic()
-        clients.connect(server.port, paths)
-        wait_joined(
-            clients,
-            c.viewers,
-            timeout=60 + c.viewers / 500,
-            progress=lambda s: c.progress(f"[connect storm] {s}"),
-        )
-        storm_s = time.monotonic() - t1
+        storm_s = _connect_all(c, clients, server.port, paths, "connect storm")
         storm = clients.stats()
     return {
         "rooms": rooms,
@@ -543,13 +536,7 @@ def e2e(
     proc.start()
     try:
         with server, LoadClients(c.viewers, per_process=5000) as clients:
-            clients.connect(server.port, paths, inspect=True)
-            wait_joined(
-                clients,
-                c.viewers,
-                timeout=60 + c.viewers / 500,
-                progress=lambda s: c.progress(f"[e2e] {s}"),
-            )
+            _connect_all(c, clients, server.port, paths, "e2e", inspect=True)
             clients.reset()
             t0 = time.monotonic()
             produced = asyncio.run(

@@ -19,7 +19,8 @@ from roomcast.core.errors import EventError
 MAX_EVENT_BYTES = 64 * 1024
 """Default limit on one event's JSON value; bigger ones go to the dead-letter topic."""
 
-_raw_decoder = msgspec.json.Decoder(msgspec.Raw)
+validate_json = msgspec.json.Decoder(msgspec.Raw).decode
+"""Raise msgspec.DecodeError unless the bytes are one JSON value; builds no Python objects."""
 _encode_ints = msgspec.json.Encoder().encode
 
 
@@ -35,7 +36,7 @@ def check_event(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> bytes:
             "too_big", f"event is {len(value)} bytes; the limit is {max_bytes} (--max-event-bytes)"
         )
     try:
-        _raw_decoder.decode(value)
+        validate_json(value)
     except msgspec.DecodeError as exc:
         raise EventError("not_json", f"event is not valid JSON: {exc}") from None
     return value

@@ -66,7 +66,6 @@ class MergeWindow:
         self._rooms: dict[str, _Room] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = 0
-        self.buffered_events = 0
 
     def add(
         self, room: str, partition: int, offset: int, event: bytes, now: float
@@ -84,7 +83,6 @@ class MergeWindow:
             buf.offsets.append(offset)
             buf.events.append(event)
             buf.nbytes += len(event)
-            self.buffered_events += 1
             if len(buf.offsets) < self.max_events and buf.nbytes < self.max_bytes:
                 return _NONE
             return (self._take(state),)
@@ -98,7 +96,6 @@ class MergeWindow:
         buf.offsets.append(offset)
         buf.events.append(event)
         buf.nbytes += len(event)
-        self.buffered_events += 1
         if len(buf.offsets) >= self.max_events or buf.nbytes >= self.max_bytes:
             out.append(self._take(state))
         return out or _NONE
@@ -134,11 +131,15 @@ class MergeWindow:
     def rooms(self) -> int:
         return len(self._rooms)
 
+    @property
+    def buffered_events(self) -> int:
+        """Events waiting in a window (counted when asked, not on every add)."""
+        return sum(len(s.buf.offsets) for s in self._rooms.values() if s.buf is not None)
+
     def _take(self, state: _Room) -> PendingBlob:
         buf = state.buf
         assert buf is not None
         state.buf = None
-        self.buffered_events -= len(buf.offsets)
         return buf
 
     def _schedule(self, room: str, state: _Room, due: float | None = None) -> None:

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
-from roomcast.core.blob import check_event
+from roomcast.core.blob import check_event, validate_json
 from roomcast.core.errors import EventError
 from roomcast.core.merge import MergeWindow, PendingBlob
 from roomcast.core.positions import PartitionOffsets
@@ -33,7 +33,6 @@ from roomcast.ingest.config import IngestConfig
 log = logging.getLogger("roomcast.ingest")
 
 _NO_KEY = "no_key"
-_validate_json = msgspec.json.Decoder(msgspec.Raw).decode  # JSON checked, nothing built
 _BAD_ROOM = "bad_room"
 
 
@@ -251,7 +250,7 @@ class IngestWorker:
         rooms = self._rooms
         add = self.window.add
         max_bytes = self.cfg.max_event_bytes
-        validate = _validate_json
+        validate = validate_json
         # Every offset is pending from now until its blob (or dead letter) is acknowledged.
         offsets.consumed_many([r.offset for r in records])
         for r in records:
@@ -265,12 +264,14 @@ class IngestWorker:
                 await self._dead_letter(r, *room)
                 continue
             value = r.value
-            # check_event, inlined for the common case (valid JSON within the size limit).
-            try:
-                if value is None or len(value) > max_bytes:
-                    check_event(value, max_bytes)
-                validate(value)
-            except (EventError, msgspec.DecodeError):
+            # check_event's test, inlined for the common case; check_event says why when it fails.
+            ok = value is not None and len(value) <= max_bytes
+            if ok:
+                try:
+                    validate(value)
+                except msgspec.DecodeError:
+                    ok = False
+            if not ok:
                 try:
                     check_event(value, max_bytes)
                 except EventError as exc:
