@@ -293,6 +293,18 @@ def _zipf_pick(cdf: list[float], rng: random.Random) -> int:
     return bisect.bisect_left(cdf, rng.random())
 
 
+def _next_event(cdf: list[float], rng: random.Random, seqs: list[int]) -> tuple[bytes, bytes]:
+    """(key, value): a chat event for a Zipf-picked room, with that room's next sequence number
+    and the time it was made (the e2e viewers check both)."""
+    r = _zipf_pick(cdf, rng)
+    value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"bench event with some text"}' % (
+        seqs[r],
+        time.time(),
+    )
+    seqs[r] += 1
+    return f"r{r}".encode(), value
+
+
 async def _create_topic(bootstrap: str, topic: str, partitions: int) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -319,13 +331,8 @@ async def _produce_bulk(
         seqs = [0] * rooms
         pending = []
         for i in range(events):
-            r = _zipf_pick(cdf, rng)
-            value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"bench event with some text"}' % (
-                seqs[r],
-                time.time(),
-            )
-            seqs[r] += 1
-            pending.append(await producer.send(topic, value, key=f"r{r}".encode()))
+            key, value = _next_event(cdf, rng, seqs)
+            pending.append(await producer.send(topic, value, key=key))
             if len(pending) >= 20_000:
                 await asyncio.gather(*pending)
                 pending.clear()
@@ -484,13 +491,8 @@ async def _produce_live(
             due = int((now - start) * rate) - sent
             futures = []
             for _ in range(due):
-                r = _zipf_pick(cdf, rng)
-                value = b'{"type":"chat","seq":%d,"ts":%.6f,"text":"hi from the bench"}' % (
-                    seqs[r],
-                    time.time(),
-                )
-                seqs[r] += 1
-                futures.append(await producer.send(topic, value, key=f"r{r}".encode()))
+                key, value = _next_event(cdf, rng, seqs)
+                futures.append(await producer.send(topic, value, key=key))
             sent += max(due, 0)
             if futures:
                 await asyncio.gather(*futures)
