@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -12,8 +14,11 @@ from roomcast.gateway.config import GatewayConfig
 _D = GatewayConfig()
 
 
-def _opt(*names: str, help: str, **kw: object):  # type: ignore[no-untyped-def]
-    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)  # type: ignore[call-overload]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
+    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)
 
 
 @click.command()
@@ -40,6 +45,14 @@ def _opt(*names: str, help: str, **kw: object):  # type: ignore[no-untyped-def]
       help="WebSocket ping to every viewer this often.")  # fmt: skip
 @_opt("--ping-timeout-s", default=_D.ping_timeout_s, type=click.FloatRange(min=0.1),
       help="Close a viewer whose pong has not come back after this long.")  # fmt: skip
+@_opt("--handshake-timeout-s", default=_D.handshake_timeout_s, type=click.FloatRange(min=0.1),
+      help="Time to complete the upgrade request; past it the connection is dropped.")  # fmt: skip
+@_opt("--handshake-idle-s", default=_D.handshake_idle_s, type=click.FloatRange(min=0.1),
+      help="Silence allowed before the first complete request, then dropped.")  # fmt: skip
+@_opt("--max-handshakes", default=_D.max_handshakes, type=click.IntRange(min=1),
+      help="Handshakes in progress per worker; past it the oldest one is dropped.")  # fmt: skip
+@_opt("--fd-reserve", default=_D.fd_reserve, type=click.IntRange(min=8),
+      help="Descriptors kept free so probes answer at --max-viewers (lowered to fit).")  # fmt: skip
 @_opt("--drain-seconds", default=_D.drain_seconds, type=click.FloatRange(min=0),
       help="On SIGTERM, close viewers with 1012 paced over this period, then exit.")  # fmt: skip
 @_opt("--log-format", default="text", type=click.Choice(["text", "json"]),
@@ -56,6 +69,11 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
     {"type":"ping"}. Also serves GET /healthz, /readyz (503 while draining or NATS is down) and
     /metrics (Prometheus, per worker). SIGTERM drains: no new viewers, /readyz 503, viewers
     closed with 1012 over --drain-seconds, exit 0. See docs/protocol.md for close codes.
+
+    \b
+    Each worker raises its soft open-files limit to the hard one and fits --max-viewers,
+    --max-handshakes and --fd-reserve under it (logged at start). Unfinished handshakes are
+    dropped after --handshake-timeout-s (or --handshake-idle-s of silence).
     """
     from roomcast.core.logs import setup_logging
     from roomcast.gateway.worker import run_worker, supervise

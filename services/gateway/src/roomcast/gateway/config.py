@@ -25,5 +25,9 @@ class GatewayConfig:
     ping_timeout_s: float = 20.0
     drain_seconds: float = 10.0  # SIGTERM: viewers closed with 1012, paced over this period
     close_timeout_s: float = 5.0  # after our close frame, abort a TCP peer that does not close
+    handshake_timeout_s: float = 10.0  # connect -> complete upgrade request, or the TCP is dropped
+    handshake_idle_s: float = 5.0  # silence allowed before the first complete request
+    max_handshakes: int = 1024  # per worker, in progress at once; past it the oldest is dropped
+    fd_reserve: int = 64  # descriptors kept free (health probes answer even at --max-viewers)
     backlog: int = 4096
     reuse_port: bool = False  # set by the supervisor when several workers share the port

@@ -1,9 +1,14 @@
-"""One viewer: an asyncio.Protocol driving websockets' sans-I/O ServerProtocol.
+"""One viewer connection: an asyncio.Protocol driving websockets' sans-I/O ServerProtocol.
 
 No task and no buffer of our own per viewer: bytes from the socket go into the ServerProtocol,
 its events (handshake request, client messages, pings, close) are handled here, and what it wants
-to send is written straight to the transport. Blob frames are written by the fan-out, bypassing
-the ServerProtocol: they are pre-built once per blob for every viewer.
+to send is written straight to the transport. Blob frames are written by the hub's fan-out,
+bypassing the ServerProtocol: they are pre-built once per blob for every viewer.
+
+The viewer's state (`hub.ViewerState`) is moved only by the hub. This shell acts on what the
+client sends only while the viewer is OPEN (or, for the upgrade request, HANDSHAKING): once a
+connection has failed or begun closing, nothing it sends is acted on, even what arrived in the same
+read as the violation.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 from websockets.datastructures import Headers
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -26,9 +31,7 @@ from roomcast.core.protocol import (
     CloseCode,
     Error,
     Join,
-    Joined,
     Leave,
-    Left,
     Ping,
     Pong,
     encode_server_message,
@@ -36,6 +39,7 @@ from roomcast.core.protocol import (
 )
 from roomcast.core.rooms import check_room
 from roomcast.gateway import metrics
+from roomcast.gateway.hub import HANDSHAKING, OPEN, Hub, PendingJoin, ViewerState
 
 if TYPE_CHECKING:
     from roomcast.gateway.engine import Gateway
@@ -43,27 +47,31 @@ if TYPE_CHECKING:
 _ws_logger = logging.getLogger("roomcast.gateway.ws")
 _ws_logger.setLevel(logging.WARNING)  # websockets logs every open/close at INFO
 _PONG = encode_server_message(Pong())
-_OPEN = State.OPEN
+_WS_OPEN = State.OPEN
 
 
 class Viewer(asyncio.Protocol):
-    """A viewer connection. Registered with the gateway's registry only while OPEN."""
+    """A viewer connection: the I/O shell around one ServerProtocol and its hub state."""
 
     __slots__ = (
         "gw",
         "partial",
         "ping_sent_at",
         "proto",
+        "replies",
         "rooms",
         "slow_since",
+        "state",
         "transport",
     )
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self.state = ViewerState.HANDSHAKING
         self.transport: asyncio.Transport | None = None
         self.proto: ServerProtocol | None = None
         self.rooms: list[str] = []  # rooms this viewer is in (not counting _all)
+        self.replies: list[bytes | PendingJoin] | None = None  # held behind a pending join
         self.slow_since = 0.0  # > 0 while the write buffer is over the high-water mark
         self.ping_sent_at = 0.0  # > 0 while a WebSocket ping awaits its pong
         self.partial: bytes | None = None  # a fragmented client message being reassembled
@@ -74,32 +82,44 @@ class Viewer(asyncio.Protocol):
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         t.set_write_buffer_limits(high=self.gw.cfg.write_buffer_high)
         self.proto = ServerProtocol(max_size=self.gw.cfg.max_message_bytes, logger=_ws_logger)
+        self.gw.connected(self)
 
     def data_received(self, data: bytes) -> None:
         proto = self.proto
         if proto is None:
             return
+        if self.state is HANDSHAKING:
+            self.gw.hub.handshake_activity(self, time.monotonic())
         proto.receive_data(data)
         for event in proto.events_received():
-            if isinstance(event, Request):
+            state = self.state
+            if state is OPEN:
+                if isinstance(event, Frame):
+                    self._frame(event)
+            elif state is HANDSHAKING and isinstance(event, Request):
                 self._handshake(event)
-            elif event.opcode is Opcode.TEXT:
-                if event.fin:
-                    self._client_message(event.data)
-                else:
-                    self.partial = event.data
-            elif event.opcode is Opcode.CONT and self.partial is not None:
-                # The protocol checks the order of fragments and their total size (max_size).
-                self.partial += event.data
-                if event.fin:
-                    data, self.partial = self.partial, None
-                    self._client_message(data)
-            elif event.opcode is Opcode.PONG:
-                self.ping_sent_at = 0.0
-            elif event.opcode is Opcode.BINARY:
-                self.partial = None
-                self.fail(CloseCode.BAD_MESSAGE, "binary messages are not part of the protocol")
+            # else: failed or closing. The protocol still completes the close handshake, but
+            # nothing the client sent is acted on, not even what came in the same read.
         self._flush_proto()
+
+    def _frame(self, event: Frame) -> None:
+        opcode = event.opcode
+        if opcode is Opcode.TEXT:
+            if event.fin:
+                self._client_message(bytes(event.data))
+            else:
+                self.partial = bytes(event.data)
+        elif opcode is Opcode.CONT and self.partial is not None:
+            # The protocol checks the order of fragments and their total size (max_size).
+            self.partial += event.data
+            if event.fin:
+                data, self.partial = self.partial, None
+                self._client_message(data)
+        elif opcode is Opcode.PONG:
+            self.ping_sent_at = 0.0
+        elif opcode is Opcode.BINARY:
+            self.partial = None
+            self.fail(CloseCode.BAD_MESSAGE, "binary messages are not part of the protocol")
 
     def eof_received(self) -> bool | None:
         if self.proto is not None:
@@ -113,12 +133,10 @@ class Viewer(asyncio.Protocol):
         self.transport = None
 
     def pause_writing(self) -> None:
-        self.slow_since = time.monotonic()
-        self.gw.viewer_slow(self)
+        self.gw.hub.slow_down(self, time.monotonic())
 
     def resume_writing(self) -> None:
-        self.slow_since = 0.0
-        self.gw.viewer_caught_up(self)
+        self.gw.hub.caught_up(self)
 
     # ---- handshake ----------------------------------------------------------------------------
 
@@ -177,7 +195,7 @@ class Viewer(asyncio.Protocol):
                 ("Connection", "close"),
                 ("Content-Length", str(len(body))),
                 ("Content-Type", content_type),
-                ("X-Roomcast-Worker", str(self.gw.worker_id)),  # /metrics is per worker
+                ("X-Roomcast-Worker", str(self.gw.worker_id)),
             ]
         )
         proto.send_response(Response(status, HTTPStatus(status).phrase, headers, body))
@@ -196,35 +214,36 @@ class Viewer(asyncio.Protocol):
             self.send(encode_server_message(Error(exc.code, str(exc))))
             self.fail(CloseCode.BAD_MESSAGE, exc.code)
             return
+        gw = self.gw
+        if Hub.flooding(self):
+            self.fail(CloseCode.BAD_MESSAGE, "too many requests awaiting a reply")
+            return
         if isinstance(msg, Join):
-            if msg.room in self.rooms:
-                self.send(encode_server_message(Joined(msg.room)))
-            elif len(self.rooms) >= self.gw.cfg.max_rooms_per_conn:
+            if msg.room not in self.rooms and len(self.rooms) >= gw.cfg.max_rooms_per_conn:
+                limit = gw.cfg.max_rooms_per_conn
                 self.send(encode_server_message(Error(
-                    "too_many_rooms", f"at most {self.gw.cfg.max_rooms_per_conn} rooms"
-                    " per connection; leave one first")))  # fmt: skip
+                    "too_many_rooms", f"at most {limit} rooms per connection; leave one first"
+                )))  # fmt: skip
                 self.fail(CloseCode.TOO_MANY_ROOMS, "too many rooms")
             else:
-                self.gw.join(self, msg.room)
+                gw.join(self, msg.room)
         elif isinstance(msg, Leave):
-            if msg.room in self.rooms:
-                self.gw.leave(self, msg.room)
-            self.send(encode_server_message(Left(msg.room)))
+            gw.leave(self, msg.room)
         elif isinstance(msg, Ping):
-            self.send(_PONG)
+            gw.hub.reply(self, _PONG)
 
     # ---- sending ------------------------------------------------------------------------------
 
     def send(self, message: bytes) -> None:
         """Send one protocol message (acks, errors) through the ServerProtocol."""
         proto = self.proto
-        if proto is not None and proto.state is _OPEN:
+        if proto is not None and proto.state is _WS_OPEN:
             proto.send_text(message)
             self._flush_proto()
 
     def ping(self, now: float) -> None:
         proto = self.proto
-        if proto is not None and proto.state is _OPEN:
+        if proto is not None and proto.state is _WS_OPEN:
             self.ping_sent_at = now
             proto.send_ping(b"")
             self._flush_proto()
@@ -232,7 +251,7 @@ class Viewer(asyncio.Protocol):
     def fail(self, code: int, reason: str) -> None:
         """Close with `code` (sends the close frame, then expects the TCP close)."""
         proto = self.proto
-        if proto is None or proto.state is not _OPEN:
+        if proto is None or proto.state is not _WS_OPEN:
             return
         metrics.CLOSES.labels(str(code)).inc()
         proto.fail(code, reason)
@@ -241,11 +260,16 @@ class Viewer(asyncio.Protocol):
     def close(self, code: int, reason: str) -> None:
         """A clean close from our side (drain, slow viewer): close frame, then TCP close."""
         proto = self.proto
-        if proto is None or proto.state is not _OPEN:
+        if proto is None or proto.state is not _WS_OPEN:
             return
         metrics.CLOSES.labels(str(code)).inc()
         proto.send_close(code, reason)
         self._flush_proto()
+
+    def abort(self) -> None:
+        """Drop the TCP connection now (deadline passed, or a write raised)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _flush_proto(self) -> None:
         proto, transport = self.proto, self.transport
@@ -256,7 +280,9 @@ class Viewer(asyncio.Protocol):
                 transport.write(chunk)
             elif transport.can_write_eof():
                 transport.write_eof()
-        if proto.state is not _OPEN:
+        state = self.state
+        if state is OPEN:
+            if proto.state is not _WS_OPEN:  # failed, or began its close handshake
+                self.gw.viewer_closing(self)
+        elif state is HANDSHAKING and proto.eof_sent:  # an HTTP answer or a refused upgrade
             self.gw.viewer_closing(self)
-            if proto.close_expected():
-                self.gw.expect_close(self)

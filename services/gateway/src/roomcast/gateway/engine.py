@@ -1,9 +1,11 @@
-"""One gateway worker: its registry of viewers and rooms, NATS interest, and the fan-out.
+"""One gateway worker's I/O shell: the hub, its room feed (NATS), timers and HTTP endpoints.
 
-Per worker process, no locks: asyncio runs one thing at a time. A room's NATS subject is
-subscribed while the room has at least one local viewer. Each blob is framed once and the same
-bytes are written to every viewer of its room; blobs that arrive in the same loop turn are
-gathered first, so a viewer that gets several (two rooms, or push-to-all) gets them in one write.
+Per worker process, no locks: asyncio runs one thing at a time. The pure `hub.Hub` keeps the
+viewers and rooms and does the fan-out; this shell feeds it (blobs from the feed, viewers from
+`connection.Viewer`), carries out what it decides (subscribe or unsubscribe a room, abort a broken
+connection) and runs the deadlines: handshakes, close handshakes, slow viewers, keepalive pings.
+Blobs that arrive in the same loop turn are handed to the hub together, so a viewer that gets
+several (two rooms, or push-to-all) gets them in one write.
 """
 
 from __future__ import annotations
@@ -11,206 +13,93 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-import nats
-from nats.aio.subscription import Subscription
 from prometheus_client import generate_latest
 
-from roomcast.core.frames import text_frame
-from roomcast.core.protocol import CloseCode, Joined, Left, encode_server_message
-from roomcast.core.rooms import ALL_ROOM, room_subject, subject_room
+from roomcast.core.protocol import CloseCode
 from roomcast.gateway import metrics
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
+from roomcast.gateway.feed import NatsFeed, RoomFeed
+from roomcast.gateway.hub import OPEN, Hub, Interest
 
 log = logging.getLogger("roomcast.gateway")
 
 
-@dataclass(slots=True, eq=False)
-class Room:
-    name: str
-    viewers: set[Viewer] = field(default_factory=set)
-    sub: Subscription | None = None
-    subscribing: bool = False
-    waiting: list[Viewer] = field(default_factory=list)  # joined before the SUB was confirmed
-    # The viewers' bound `transport.write`s, while every viewer of the room watches no other
-    # room and is not slow (the common case: the fan-out is then a bare loop of calls). [] when
-    # that does not hold; None when it must be worked out again (a join, a leave, slow, caught up).
-    writers: list[Callable[[bytes], object]] | None = None
-
-
 class Gateway:
-    def __init__(self, cfg: GatewayConfig, worker_id: int = 0) -> None:
+    def __init__(
+        self, cfg: GatewayConfig, worker_id: int = 0, feed: RoomFeed | None = None
+    ) -> None:
         self.cfg = cfg
         self.worker_id = worker_id
-        self.nc: nats.NATS | None = None
-        self.viewers: set[Viewer] = set()
-        self.rooms: dict[str, Room] = {}
-        self.slow: set[Viewer] = set()
-        self.closing: dict[Viewer, float] = {}  # close frame sent at; aborted after a timeout
+        self.hub: Hub[Viewer] = Hub(max_handshakes=cfg.max_handshakes)
+        self.feed: RoomFeed = feed or NatsFeed(
+            cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}"
+        )
         self.draining = False
         self._batch: list[tuple[str, bytes]] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._tokens = cfg.max_connects_per_s
         self._tokens_at = time.monotonic()
-        self._all_sub: Subscription | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-
-    # ---- NATS ---------------------------------------------------------------------------------
+        self._last_reject_log = 0.0
 
     async def connect(self) -> None:
-        async def disconnected() -> None:
-            if self.nc is not None and not self.nc.is_closed:
-                log.warning("NATS disconnected; /readyz is 503 until it is back")
-
-        async def reconnected() -> None:
-            log.info("NATS reconnected")
-
-        async def error(exc: Exception) -> None:
-            log.warning("NATS error: %s", exc)
-
-        self.nc = await nats.connect(
-            self.cfg.nats,
-            name=f"roomcast-gateway-{self.worker_id}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-            pending_size=16 * 1024 * 1024,
-        )
-        # Push-to-all: always held, whoever is connected.
-        self._all_sub = await self.nc.subscribe(
-            room_subject(ALL_ROOM, self.cfg.subject_prefix),
-            cb=self._on_msg,
-            pending_msgs_limit=100_000,
-        )
-        await self.nc.flush()
+        await self.feed.start(self.on_blob)
 
     @property
     def ready(self) -> bool:
-        return not self.draining and self.nc is not None and self.nc.is_connected
+        return not self.draining and self.feed.ready
 
-    async def _on_msg(self, msg: Any) -> None:
+    # ---- blobs in, frames out (the hot path) --------------------------------------------------
+
+    def on_blob(self, room: str, data: bytes) -> None:
         metrics.NATS_MESSAGES.inc()
-        self._batch.append((subject_room(msg.subject, self.cfg.subject_prefix), msg.data))
+        self._batch.append((room, data))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
-
-    # ---- fan-out (the hot path) ---------------------------------------------------------------
 
     def _flush(self) -> None:
         started = time.perf_counter()
         batch, self._batch = self._batch, []
         self._flush_scheduled = False
-        sent = dropped = nbytes = 0
-        if len(batch) == 1 and batch[0][0] != ALL_ROOM:
-            room = self.rooms.get(batch[0][0])
-            if room is not None:
-                frame = text_frame(batch[0][1])
-                writers = room.writers
-                if writers is None:
-                    writers = self._writers(room)
-                if writers:
-                    for write in writers:
-                        write(frame)
-                    sent = len(writers)
-                else:
-                    for v in room.viewers:
-                        if v.slow_since:
-                            dropped += 1
-                        else:
-                            v.transport.write(frame)  # type: ignore[union-attr]
-                    sent = len(room.viewers) - dropped
-                nbytes = sent * len(frame)
-        else:
-            sent, dropped, nbytes = self._flush_many(batch)
-        metrics.FRAMES_SENT.inc(sent)
-        metrics.BYTES_SENT.inc(nbytes)
-        if dropped:
-            metrics.FRAMES_DROPPED.labels("slow").inc(dropped)
+        result = self.hub.fanout(batch)
+        metrics.FRAMES_SENT.inc(result.sent)
+        metrics.BYTES_SENT.inc(result.nbytes)
+        if result.dropped:
+            metrics.FRAMES_DROPPED.labels("slow").inc(result.dropped)
+        if result.coalesced:
+            metrics.COALESCED_WRITES.inc(result.coalesced)
+        if result.rejected:
+            metrics.BLOBS_REJECTED.labels("not_utf8").inc(result.rejected)
+            if started - self._last_reject_log >= 10:
+                self._last_reject_log = started
+                log.error("blob is not valid UTF-8: not sent (viewers would fail); check ingest")
+        if result.broken:
+            metrics.FANOUT_ERRORS.inc(len(result.broken))
+            log.warning("fan-out write failed; viewer dropped", extra={"n": len(result.broken)})
+            for v in result.broken:
+                v.abort()
+        if result.interest:
+            self._apply(result.interest)
         metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
 
-    def _flush_many(self, batch: list[tuple[str, bytes]]) -> tuple[int, int, int]:
-        """Several blobs in one loop turn: each viewer gets its frames in one write."""
-        has_all = any(name == ALL_ROOM for name, _ in batch)
-        combined: dict[Viewer, list[bytes]] = {}
-        sent = dropped = nbytes = 0
-        for name, data in batch:
-            frame = text_frame(data)
-            if name == ALL_ROOM:
-                targets: set[Viewer] = self.viewers
-            else:
-                room = self.rooms.get(name)
-                if room is None:
-                    continue
-                if not has_all:
-                    writers = room.writers
-                    if writers is None:
-                        writers = self._writers(room)
-                    if writers:  # nobody here gets another frame this turn: write it now
-                        for write in writers:
-                            write(frame)
-                        sent += len(writers)
-                        nbytes += len(writers) * len(frame)
-                        continue
-                targets = room.viewers
-            for v in targets:
-                if v.slow_since:
-                    dropped += 1
-                elif has_all or len(v.rooms) > 1:
-                    frames = combined.get(v)
-                    if frames is None:
-                        combined[v] = [frame]
-                    else:
-                        frames.append(frame)
-                else:
-                    v.transport.write(frame)  # type: ignore[union-attr]
-                    sent += 1
-                    nbytes += len(frame)
-        coalesced = 0
-        for v, frames in combined.items():
-            if len(frames) == 1:
-                data = frames[0]
-            else:
-                data = b"".join(frames)
-                coalesced += 1
-            v.transport.write(data)  # type: ignore[union-attr]
-            sent += len(frames)
-            nbytes += len(data)
-        if coalesced:
-            metrics.COALESCED_WRITES.inc(coalesced)
-        return sent, dropped, nbytes
+    # ---- viewers: the shell's side of the hub -------------------------------------------------
 
-    @staticmethod
-    def _writers(room: Room) -> list[Callable[[bytes], object]]:
-        vs = room.viewers
-        if all(not v.slow_since and len(v.rooms) == 1 for v in vs):
-            room.writers = [v.transport.write for v in vs]  # type: ignore[union-attr]
-        else:
-            room.writers = []
-        return room.writers
-
-    def _changed(self, v: Viewer) -> None:
-        """`v` joined, left, got slow or caught up: its rooms' writer lists are stale."""
-        rooms = self.rooms
-        for name in v.rooms:
-            room = rooms.get(name)
-            if room is not None:
-                room.writers = None
-
-    # ---- registry -----------------------------------------------------------------------------
+    def connected(self, v: Viewer) -> None:
+        evicted = self.hub.connected(v, time.monotonic())
+        if evicted is not None:
+            metrics.REJECTED.labels("handshake_cap").inc()
+            evicted.abort()
 
     def admission(self) -> str | None:
         """Why a new viewer must be refused before the upgrade, or None to accept."""
         if self.draining:
             return "draining"
-        if len(self.viewers) >= self.cfg.max_viewers:
+        if len(self.hub.viewers) >= self.cfg.max_viewers:
             return "worker_full"
         now = time.monotonic()
         rate = self.cfg.max_connects_per_s
@@ -222,116 +111,89 @@ class Gateway:
         return None
 
     def viewer_open(self, v: Viewer) -> None:
-        self.viewers.add(v)
-        metrics.VIEWERS.set(len(self.viewers))
+        if self.hub.open(v):
+            metrics.VIEWERS.set(len(self.hub.viewers))
 
-    def join(self, v: Viewer, name: str) -> None:
-        v.rooms.append(name)
-        room = self.rooms.get(name)
-        if room is None:
-            room = self.rooms[name] = Room(name)
-            metrics.ROOMS.set(len(self.rooms))
-        room.viewers.add(v)
-        self._changed(v)
-        if room.sub is not None:
-            v.send(encode_server_message(Joined(name)))
-            return
-        room.waiting.append(v)
-        if not room.subscribing:
-            room.subscribing = True
-            self._spawn(self._subscribe(room))
+    def join(self, v: Viewer, room: str) -> None:
+        interest = self.hub.join(v, room)
+        if interest:
+            self._apply(interest)
+            metrics.ROOMS.set(len(self.hub.rooms))
 
-    async def _subscribe(self, room: Room) -> None:
-        assert self.nc is not None
-        try:
-            sub = await self.nc.subscribe(
-                room_subject(room.name, self.cfg.subject_prefix),
-                cb=self._on_msg,
-                pending_msgs_limit=100_000,
-            )
-            await self.nc.flush()  # the server has the SUB: a "joined" viewer misses nothing
-        except Exception as exc:
-            log.error("subscribe failed: %s", exc, extra={"room": room.name})
-            room.subscribing = False
-            for v in room.waiting:
-                v.fail(CloseCode.INTERNAL, "could not subscribe the room")
-            room.waiting.clear()
-            return
-        room.subscribing = False
-        if self.rooms.get(room.name) is not room:  # everyone left meanwhile
-            await sub.unsubscribe()
-            return
-        room.sub = sub
-        ack = encode_server_message(Joined(room.name))
-        for v in room.waiting:
-            if v in room.viewers:
-                v.send(ack)
-        room.waiting.clear()
-
-    def leave(self, v: Viewer, name: str, ack: bool = False) -> None:
-        v.rooms.remove(name)
-        self._changed(v)
-        room = self.rooms.get(name)
-        if room is None:
-            return
-        room.viewers.discard(v)
-        room.writers = None
-        if ack:
-            v.send(encode_server_message(Left(name)))
-        if not room.viewers:
-            del self.rooms[name]
-            metrics.ROOMS.set(len(self.rooms))
-            if room.sub is not None:
-                self._spawn(room.sub.unsubscribe())
+    def leave(self, v: Viewer, room: str) -> None:
+        interest = self.hub.leave(v, room)
+        if interest:
+            self._apply(interest)
+            metrics.ROOMS.set(len(self.hub.rooms))
 
     def viewer_closing(self, v: Viewer) -> None:
-        """The viewer's WebSocket left OPEN: it gets no more blobs."""
-        if v in self.viewers:
-            self.viewers.discard(v)
-            for name in list(v.rooms):
-                self.leave(v, name)
-            self.slow.discard(v)
-            metrics.VIEWERS.set(len(self.viewers))
+        """Failed, closing or answered: it gets nothing more and is in no room."""
+        self._closed(v, final=False)
 
     def viewer_gone(self, v: Viewer) -> None:
-        self.viewer_closing(v)
-        self.closing.pop(v, None)
+        self._closed(v, final=True)
 
-    def expect_close(self, v: Viewer) -> None:
-        self.closing.setdefault(v, time.monotonic())
+    def _closed(self, v: Viewer, final: bool) -> None:
+        interest = self.hub.close(v, time.monotonic(), final=final)
+        metrics.VIEWERS.set(len(self.hub.viewers))
+        if interest:
+            self._apply(interest)
+            metrics.ROOMS.set(len(self.hub.rooms))
 
-    def viewer_slow(self, v: Viewer) -> None:
-        self.slow.add(v)
-        self._changed(v)
+    # ---- interest: the feed follows the hub ---------------------------------------------------
 
-    def viewer_caught_up(self, v: Viewer) -> None:
-        self.slow.discard(v)
-        self._changed(v)
+    def _apply(self, interest: Interest) -> None:
+        for room in interest.unsubscribe:
+            self.feed.unsubscribe(room)
+        for room in interest.subscribe:
+            self._spawn(self._subscribe(room))
+
+    async def _subscribe(self, room: str) -> None:
+        try:
+            await self.feed.subscribe(room)
+        except Exception as exc:
+            log.error("subscribe failed: %s", exc, extra={"room": room})
+            for v in self.hub.subscribe_failed(room):
+                v.fail(CloseCode.INTERNAL, "could not subscribe the room")
+            metrics.ROOMS.set(len(self.hub.rooms))
+            return
+        interest = self.hub.subscribed(room)
+        if interest:
+            self._apply(interest)
+            metrics.ROOMS.set(len(self.hub.rooms))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # ---- timers: slow viewers, keepalive, closing handshakes ----------------------------------
+    # ---- timers: handshakes, slow viewers, keepalive, closing handshakes ----------------------
 
     async def housekeeping(self) -> None:
         """One task per worker (never one per viewer)."""
-        next_ping = time.monotonic() + self.cfg.ping_interval_s
+        cfg = self.cfg
+        next_ping = time.monotonic() + cfg.ping_interval_s
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
-            for v in [v for v in self.slow if now - v.slow_since >= self.cfg.slow_grace_s]:
+            hub = self.hub
+            metrics.HANDSHAKES.set(len(hub.handshaking))
+            late = hub.overdue_handshakes(now, cfg.handshake_timeout_s, cfg.handshake_idle_s)
+            if late:
+                metrics.REJECTED.labels("handshake_timeout").inc(len(late))
+                for v in late:
+                    v.abort()
+            for v in hub.overdue_slow(now, cfg.slow_grace_s):
                 metrics.SLOW_CLOSES.inc()
-                self.slow.discard(v)
                 v.close(CloseCode.SLOW_VIEWER, "slow viewer: reconnect and resume")
-            for v, since in list(self.closing.items()):
-                if now - since >= self.cfg.close_timeout_s and v.transport is not None:
-                    v.transport.abort()
+                if v.state is OPEN:  # its WebSocket was already closing: leave the hub anyway
+                    self.viewer_closing(v)
+            for v in hub.overdue_closes(now, cfg.close_timeout_s):
+                v.abort()
             if now >= next_ping:
-                next_ping = now + self.cfg.ping_interval_s
-                timeout = self.cfg.ping_timeout_s
-                for v in list(self.viewers):
+                next_ping = now + cfg.ping_interval_s
+                timeout = cfg.ping_timeout_s
+                for v in list(hub.viewers):
                     if v.ping_sent_at and now - v.ping_sent_at >= timeout:
                         v.fail(CloseCode.INTERNAL, "keepalive ping timeout")
                     elif not v.ping_sent_at:
@@ -340,7 +202,7 @@ class Gateway:
     async def drain(self) -> None:
         """Close every viewer with 1012, paced over drain_seconds (no reconnect stampede)."""
         self.draining = True
-        viewers = list(self.viewers)
+        viewers = list(self.hub.viewers)
         log.info("draining", extra={"viewers": len(viewers), "seconds": self.cfg.drain_seconds})
         ticks = max(1, int(self.cfg.drain_seconds * 10))
         per_tick = max(1, -(-len(viewers) // ticks))
@@ -349,17 +211,15 @@ class Gateway:
                 v.close(CloseCode.DRAINING, "gateway restarting: reconnect and resume")
             await asyncio.sleep(self.cfg.drain_seconds / ticks)
         deadline = time.monotonic() + self.cfg.close_timeout_s
-        while self.closing and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded)
+        while self.hub.closing and time.monotonic() < deadline:  # noqa: ASYNC110 (bounded)
             await asyncio.sleep(0.05)
-        for v in list(self.closing):
-            if v.transport is not None:
-                v.transport.abort()
+        for v in list(self.hub.closing):
+            v.abort()
 
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self.nc is not None and not self.nc.is_closed:
-            await self.nc.close()
+        await self.feed.close()
 
     # ---- HTTP endpoints on the same port ------------------------------------------------------
 

@@ -41,6 +41,22 @@ FANOUT_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     registry=REGISTRY,
 )
+FANOUT_ERRORS = Counter(
+    "roomcast_gateway_fanout_errors_total",
+    "Viewers dropped because a fan-out write to them raised (the others still got the frame)",
+    registry=REGISTRY,
+)
+BLOBS_REJECTED = Counter(
+    "roomcast_gateway_blobs_rejected_total",
+    "Blobs not sent to anyone, by reason (not_utf8: a text frame every client would fail on)",
+    ["reason"],
+    registry=REGISTRY,
+)
+HANDSHAKES = Gauge(
+    "roomcast_gateway_handshakes_in_progress",
+    "Connections accepted whose WebSocket upgrade request is not complete yet",
+    registry=REGISTRY,
+)
 NATS_MESSAGES = Counter(
     "roomcast_gateway_nats_messages_total", "Blobs received from NATS", registry=REGISTRY
 )

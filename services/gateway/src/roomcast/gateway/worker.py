@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import resource
 import signal
 import time
 from multiprocessing.process import BaseProcess
@@ -20,10 +21,57 @@ from roomcast.gateway.engine import Gateway
 log = logging.getLogger("roomcast.gateway")
 
 
+def raise_open_files_limit(cfg: GatewayConfig) -> GatewayConfig:
+    """Raise the soft open-files limit to the hard one, and fit the connection caps under it.
+
+    Every connection is a descriptor: viewers, handshakes in progress and `fd_reserve` spare ones
+    (so /healthz and /readyz still answer at --max-viewers) must fit, or accept() fails with
+    EMFILE and the worker stops answering anyone. If they do not fit, --max-viewers is lowered.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit: %s", exc)
+    budget = soft - cfg.fd_reserve - 32  # 32: the process's own files, NATS, the listener
+    viewers = min(cfg.max_viewers, budget - cfg.max_handshakes)
+    log.info(
+        "open-files limit",
+        extra={"soft": soft, "hard": hard, "max_viewers": viewers,
+               "max_handshakes": cfg.max_handshakes, "fd_reserve": cfg.fd_reserve},
+    )  # fmt: skip
+    if viewers < 1:
+        raise SystemExit(
+            f"open-files limit {soft} leaves no room for viewers: lower --max-handshakes"
+            f" ({cfg.max_handshakes}) or --fd-reserve ({cfg.fd_reserve}), or raise `ulimit -n`"
+        )
+    if viewers < cfg.max_viewers:
+        log.warning(
+            "--max-viewers lowered to fit the open-files limit",
+            extra={"asked": cfg.max_viewers, "max_viewers": viewers, "limit": soft},
+        )
+        cfg = dataclasses.replace(cfg, max_viewers=viewers)
+    return cfg
+
+
+def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """Anything that escapes a callback is logged, never lost, and never stops the worker."""
+    exc = context.get("exception")
+    log.error(
+        "unhandled error in the event loop: %s",
+        context.get("message"),
+        exc_info=exc if isinstance(exc, BaseException) else None,
+    )
+
+
 async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | None = None) -> None:
     """Run one gateway worker until SIGTERM/SIGINT (or `stop`), then drain and return."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_log_loop_exception)
+    cfg = raise_open_files_limit(cfg)
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(cfg, worker_id)

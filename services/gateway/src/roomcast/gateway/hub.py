@@ -1,0 +1,502 @@
+"""The hub: one worker's registry of viewers and rooms, and the fan-out. Pure: no sockets, no NATS.
+
+Like websockets' `protocol.py`, the hub is driven from outside and answers with decisions: the I/O
+shell (`engine.Gateway`, `connection.Viewer`) tells it that a viewer opened, joined, left, got slow
+or went away, and hands it the blobs that arrived; the hub writes frames to the viewers' transports
+and returns what the shell must do about the outside world: rooms to subscribe or unsubscribe
+(interest), viewers whose transport broke, counts for the metrics. Its tests drive it with fake
+transports in microseconds.
+
+A viewer's life is a state machine, and only the hub moves it:
+
+    HANDSHAKING --open()--> OPEN --close()--> CLOSING --close(final=True)--> CLOSED
+         \\_____________________________________________________________/^
+                    (close() from any state; CLOSED is final)
+
+Invariants (checked by the property tests): every viewer in `viewers`, in a room or in `slow` is
+OPEN; `close()` is the one place a viewer leaves every room and registry, whatever ends it; a
+viewer that is not OPEN is never added to a room; the rooms with local viewers are exactly the rooms
+the shell has been told to subscribe (and not since told to unsubscribe).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
+
+from roomcast.core.frames import text_frame
+from roomcast.core.protocol import Joined, Left, encode_server_message
+from roomcast.core.rooms import ALL_ROOM
+
+
+class ViewerState(enum.Enum):
+    HANDSHAKING = "handshaking"  # TCP accepted; no complete WebSocket upgrade yet
+    OPEN = "open"  # upgraded: may join rooms and receives blobs
+    CLOSING = "closing"  # failed or closing: nothing it sends is acted on, it receives nothing
+    CLOSED = "closed"  # the TCP connection is gone
+
+
+HANDSHAKING, OPEN, CLOSING, CLOSED = ViewerState
+
+MAX_HELD_REPLIES = 256  # replies one viewer may have queued behind a join not yet confirmed
+
+
+class Transport(Protocol):
+    def write(self, data: bytes) -> object: ...
+
+
+class Peer(Protocol):
+    """What the hub needs of a viewer connection (`connection.Viewer`, or a fake in tests)."""
+
+    state: ViewerState
+    rooms: list[str]  # the rooms it is in (not counting push-to-all)
+    slow_since: float  # > 0 while its write buffer is over the high-water mark
+    replies: list[bytes | PendingJoin] | None  # replies held behind a join not yet confirmed
+
+    @property
+    def transport(self) -> Transport | None: ...
+
+    def send(self, message: bytes) -> None:
+        """Send one protocol message (ack, error) on the viewer's WebSocket."""
+
+
+P = TypeVar("P", bound=Peer)
+
+
+@dataclass(slots=True, frozen=True)
+class PendingJoin:
+    """A `joined` owed to a viewer once its room's subscription is confirmed."""
+
+    room: str
+
+
+@dataclass(slots=True, eq=False)
+class Room(Generic[P]):
+    name: str
+    viewers: set[P] = field(default_factory=set)
+    subscribed: bool = False  # the feed confirmed the subscription
+    subscribing: bool = False  # asked for, not confirmed yet
+    waiting: list[P] = field(default_factory=list)  # owed a `joined` once subscribed
+    # The viewers' bound `transport.write`s, while every viewer of the room watches no other
+    # room and is not slow (the common case: the fan-out is then a bare loop of calls). [] when
+    # that does not hold; None when it must be worked out again (a join, a leave, slow, caught up).
+    writers: list[Callable[[bytes], object]] | None = None
+
+
+@dataclass(slots=True)
+class Interest:
+    """Rooms whose feed subscription must now start or stop."""
+
+    subscribe: list[str] = field(default_factory=list)
+    unsubscribe: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.subscribe or self.unsubscribe)
+
+
+@dataclass(slots=True)
+class FanoutResult(Generic[P]):
+    sent: int = 0  # frames written
+    nbytes: int = 0  # bytes written
+    dropped: int = 0  # frames not written to slow viewers
+    coalesced: int = 0  # writes that carried several frames to one viewer
+    rejected: int = 0  # blobs that were not valid UTF-8 (never sent: clients would fail)
+    broken: list[P] = field(default_factory=list)  # write raised: closed here, abort them
+    interest: Interest = field(default_factory=Interest)
+
+
+class Hub(Generic[P]):
+    """One worker's viewers and rooms. Single-threaded by design (one asyncio loop per worker)."""
+
+    def __init__(self, max_handshakes: int = 1024) -> None:
+        self.max_handshakes = max_handshakes
+        self.viewers: set[P] = set()  # OPEN viewers
+        self.rooms: dict[str, Room[P]] = {}
+        self.slow: set[P] = set()
+        # Deadlines. Insertion order = start order, so the oldest handshake is first.
+        self.handshaking: dict[P, list[float]] = {}  # viewer -> [started, last byte]
+        self.closing: dict[P, float] = {}  # viewer -> when we began closing
+
+    # ---- life cycle ---------------------------------------------------------------------------
+
+    def connected(self, v: P, now: float) -> P | None:
+        """A TCP connection was accepted. Returns the oldest handshake to drop if at the cap."""
+        v.state = HANDSHAKING
+        evict = None
+        if len(self.handshaking) >= self.max_handshakes:
+            evict = next(iter(self.handshaking))
+        self.handshaking[v] = [now, now]
+        return evict
+
+    def handshake_activity(self, v: P, now: float) -> None:
+        times = self.handshaking.get(v)
+        if times is not None:
+            times[1] = now
+
+    def open(self, v: P) -> bool:
+        """The upgrade completed. Only a HANDSHAKING viewer can open."""
+        if v.state is not HANDSHAKING:
+            return False
+        self.handshaking.pop(v, None)
+        v.state = OPEN
+        self.viewers.add(v)
+        return True
+
+    def close(self, v: P, now: float = 0.0, final: bool = False) -> Interest:
+        """The one way out of OPEN, whatever ends it: leaves every room and registry.
+
+        `final`: the TCP connection is gone (CLOSED). Otherwise the viewer is CLOSING: its close
+        handshake has begun, and `overdue` reports it if the peer does not finish it in time.
+        Idempotent; returns the rooms that no longer have a local viewer.
+        """
+        interest = Interest()
+        state = v.state
+        if state is CLOSED:
+            return interest
+        v.state = CLOSED if final else CLOSING
+        self.handshaking.pop(v, None)
+        if final:
+            self.closing.pop(v, None)
+        elif state is not CLOSING:
+            self.closing[v] = now
+        if state is OPEN:
+            self.viewers.discard(v)
+            self.slow.discard(v)
+            for name in v.rooms:
+                self._remove(v, name, interest)
+            v.rooms = []
+            v.replies = None
+        return interest
+
+    # ---- rooms --------------------------------------------------------------------------------
+
+    def join(self, v: P, name: str) -> Interest | None:
+        """Add an OPEN viewer to a room; None (and nothing changes) if it is not OPEN.
+
+        The `joined` ack is sent now if the room's subscription is live, else once `subscribed`.
+        """
+        if v.state is not OPEN:
+            return None
+        interest = Interest()
+        room = self.rooms.get(name)
+        if name in v.rooms and room is not None:  # joined again: ack again, in order
+            if room.subscribed:
+                self.reply(v, encode_server_message(Joined(name)))
+            else:
+                self._owe_join(v, room)
+            return interest
+        if room is None:
+            room = self.rooms[name] = Room(name)
+        v.rooms.append(name)
+        room.viewers.add(v)
+        self._changed(v)
+        if room.subscribed:
+            self.reply(v, encode_server_message(Joined(name)))
+        else:
+            self._owe_join(v, room)
+            if not room.subscribing:
+                room.subscribing = True
+                interest.subscribe.append(name)
+        return interest
+
+    def _owe_join(self, v: P, room: Room[P]) -> None:
+        room.waiting.append(v)
+        if v.replies is None:
+            v.replies = []
+        v.replies.append(PendingJoin(room.name))
+
+    def leave(self, v: P, name: str) -> Interest:
+        """Take a viewer out of a room (if it is in it) and ack with `left`, in request order."""
+        interest = Interest()
+        if v.state is not OPEN:
+            return interest
+        if name in v.rooms:
+            v.rooms.remove(name)
+            self._changed(v)
+            self._remove(v, name, interest)
+            self._settle(v, name)  # a join still owed is answered first: joined, then left
+        self.reply(v, encode_server_message(Left(name)))
+        return interest
+
+    def _remove(self, v: P, name: str, interest: Interest) -> None:
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        room.viewers.discard(v)
+        room.writers = None
+        if v in room.waiting:
+            room.waiting = [w for w in room.waiting if w is not v]
+        if not room.viewers and not room.subscribing:
+            del self.rooms[name]
+            if room.subscribed:
+                interest.unsubscribe.append(name)
+
+    def subscribed(self, name: str) -> Interest:
+        """The feed confirmed the room's subscription: every blob from now on reaches it."""
+        interest = Interest()
+        room = self.rooms.get(name)
+        if room is None or not room.subscribing:
+            return interest
+        room.subscribing = False
+        room.subscribed = True
+        if not room.viewers:  # everyone left while it was being set up
+            del self.rooms[name]
+            interest.unsubscribe.append(name)
+            return interest
+        waiting, room.waiting = room.waiting, []
+        for v in waiting:
+            self._settle(v, name)
+        return interest
+
+    def subscribe_failed(self, name: str) -> list[P]:
+        """The feed could not subscribe: returns the viewers of the room, to be closed (1011)."""
+        room = self.rooms.pop(name, None)
+        if room is None:
+            return []
+        room.subscribing = False
+        victims = list(room.viewers)
+        for v in victims:
+            v.rooms.remove(name)
+            self._changed(v)
+        return victims
+
+    def interest(self) -> set[str]:
+        """Rooms the shell has been asked to subscribe and not to unsubscribe."""
+        return {n for n, r in self.rooms.items() if r.subscribed or r.subscribing}
+
+    # ---- replies in request order -------------------------------------------------------------
+
+    def reply(self, v: P, message: bytes) -> None:
+        """Send a reply after every earlier reply the viewer is still owed (request order)."""
+        if v.replies is None:
+            v.send(message)
+        else:
+            v.replies.append(message)
+
+    @staticmethod
+    def flooding(v: P) -> bool:
+        """The viewer has MAX_HELD_REPLIES replies held behind a join: it must be closed."""
+        return v.replies is not None and len(v.replies) >= MAX_HELD_REPLIES
+
+    def _settle(self, v: P, room: str) -> None:
+        """Joins of `room` are confirmed (or moot): send what is now in order to send."""
+        replies = v.replies
+        if replies is None:
+            return
+        ack = None
+        for i, r in enumerate(replies):
+            if isinstance(r, PendingJoin) and r.room == room:
+                ack = ack or encode_server_message(Joined(room))
+                replies[i] = ack
+        if ack is None:
+            return
+        n = 0
+        for r in replies:
+            if isinstance(r, PendingJoin):
+                break
+            n += 1
+        ready = [r for r in replies[:n] if isinstance(r, bytes)]
+        del replies[:n]
+        if not replies:
+            v.replies = None
+        for message in ready:
+            v.send(message)
+
+    # ---- slow viewers -------------------------------------------------------------------------
+
+    def slow_down(self, v: P, now: float) -> None:
+        """The viewer's write buffer went over the high-water mark: its frames drop from now."""
+        if v.state is OPEN and not v.slow_since:
+            v.slow_since = now
+            self.slow.add(v)
+            self._changed(v)
+
+    def caught_up(self, v: P) -> None:
+        if v.slow_since:
+            v.slow_since = 0.0
+            self.slow.discard(v)
+            self._changed(v)
+
+    def overdue_slow(self, now: float, grace_s: float) -> list[P]:
+        """Viewers slow for longer than the grace period (to be closed with 4008)."""
+        return [v for v in self.slow if now - v.slow_since >= grace_s]
+
+    # ---- deadlines ----------------------------------------------------------------------------
+
+    def overdue_handshakes(self, now: float, timeout_s: float, idle_s: float) -> list[P]:
+        """Handshakes past their deadline, or silent for longer than `idle_s`."""
+        return [
+            v
+            for v, (started, last) in self.handshaking.items()
+            if now - started >= timeout_s or now - last >= idle_s
+        ]
+
+    def overdue_closes(self, now: float, timeout_s: float) -> list[P]:
+        """Viewers whose close handshake we began that the peer has not finished in time."""
+        return [v for v, since in self.closing.items() if now - since >= timeout_s]
+
+    # ---- fan-out (the hot path) ---------------------------------------------------------------
+
+    def fanout(self, batch: list[tuple[str, bytes]]) -> FanoutResult[P]:
+        """Write each blob, framed once, to every OPEN viewer of its room (push-to-all: all).
+
+        Several blobs in one batch (one loop turn) reach a viewer that gets more than one of them
+        in one write. A write that raises closes that viewer (reported in `broken`); everyone
+        else still gets the frame.
+        """
+        result: FanoutResult[P] = FanoutResult()
+        if len(batch) == 1 and batch[0][0] != ALL_ROOM:
+            name, data = batch[0]
+            room = self.rooms.get(name)
+            if room is None:
+                return result
+            if not _is_utf8(data):
+                result.rejected = 1
+                return result
+            frame = text_frame(data)
+            writers = room.writers
+            if writers is None:
+                writers = self._writers(room)
+            if writers:
+                self._write_each(writers, frame, room, result)
+                result.sent = len(writers) - len(result.broken)
+            else:
+                self._write_viewers(room.viewers, frame, result)
+            result.nbytes = result.sent * len(frame)
+        else:
+            self._fanout_many(batch, result)
+        if result.broken:
+            result.broken = list(dict.fromkeys(result.broken))
+            for v in result.broken:
+                self._close_broken(v, result)
+        return result
+
+    def _write_each(
+        self,
+        writers: list[Callable[[bytes], object]],
+        frame: bytes,
+        room: Room[P],
+        result: FanoutResult[P],
+    ) -> None:
+        """The bare loop; the try costs nothing until a write raises (then find who it was)."""
+        it = iter(writers)
+        while True:
+            try:
+                for write in it:
+                    write(frame)
+                return
+            except Exception:
+                result.broken.append(self._writer_owner(room, write))
+
+    @staticmethod
+    def _writer_owner(room: Room[P], write: Callable[[bytes], object]) -> P:
+        owner = getattr(write, "__self__", None)
+        for v in room.viewers:
+            if v.transport is owner:
+                return v
+        raise LookupError(f"a writer of room {room.name!r} has no viewer")  # pragma: no cover
+
+    @staticmethod
+    def _write_viewers(viewers: Iterable[P], frame: bytes, result: FanoutResult[P]) -> None:
+        sent = dropped = 0
+        for v in viewers:
+            if v.slow_since:
+                dropped += 1
+                continue
+            try:
+                v.transport.write(frame)  # type: ignore[union-attr]
+                sent += 1
+            except Exception:
+                result.broken.append(v)
+        result.sent += sent
+        result.dropped += dropped
+
+    def _fanout_many(self, batch: list[tuple[str, bytes]], result: FanoutResult[P]) -> None:
+        has_all = any(name == ALL_ROOM for name, _ in batch)
+        combined: dict[P, list[bytes]] = {}
+        for name, data in batch:
+            room = None
+            if name == ALL_ROOM:
+                targets: Iterable[P] = self.viewers
+            else:
+                room = self.rooms.get(name)
+                if room is None:
+                    continue
+                targets = room.viewers
+            if not _is_utf8(data):
+                result.rejected += 1
+                continue
+            frame = text_frame(data)
+            if room is not None and not has_all:
+                writers = room.writers
+                if writers is None:
+                    writers = self._writers(room)
+                if writers:  # nobody here gets another frame this turn: write it now
+                    before = len(result.broken)
+                    self._write_each(writers, frame, room, result)
+                    sent = len(writers) - (len(result.broken) - before)
+                    result.sent += sent
+                    result.nbytes += sent * len(frame)
+                    continue
+            for v in targets:
+                if v.slow_since:
+                    result.dropped += 1
+                elif has_all or len(v.rooms) > 1:
+                    frames = combined.get(v)
+                    if frames is None:
+                        combined[v] = [frame]
+                    else:
+                        frames.append(frame)
+                else:
+                    try:
+                        v.transport.write(frame)  # type: ignore[union-attr]
+                    except Exception:
+                        result.broken.append(v)
+                        continue
+                    result.sent += 1
+                    result.nbytes += len(frame)
+        for v, frames in combined.items():
+            if len(frames) == 1:
+                data = frames[0]
+            else:
+                data = b"".join(frames)
+                result.coalesced += 1
+            try:
+                v.transport.write(data)  # type: ignore[union-attr]
+            except Exception:
+                result.broken.append(v)
+                continue
+            result.sent += len(frames)
+            result.nbytes += len(data)
+
+    def _close_broken(self, v: P, result: FanoutResult[P]) -> None:
+        interest = self.close(v, final=True)
+        result.interest.unsubscribe += interest.unsubscribe
+
+    def _writers(self, room: Room[P]) -> list[Callable[[bytes], object]]:
+        vs = room.viewers
+        if all(not v.slow_since and len(v.rooms) == 1 for v in vs):
+            room.writers = [v.transport.write for v in vs]  # type: ignore[union-attr]
+        else:
+            room.writers = []
+        return room.writers
+
+    def _changed(self, v: P) -> None:
+        """`v` joined, left, got slow or caught up: its rooms' writer lists are stale."""
+        rooms = self.rooms
+        for name in v.rooms:
+            room = rooms.get(name)
+            if room is not None:
+                room.writers = None
+
+
+def _is_utf8(data: bytes) -> bool:
+    """Blobs go out as text frames: every client fails the connection on bad UTF-8 (RFC 6455
+    8.1). Checked once per blob, never per viewer."""
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
