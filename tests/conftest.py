@@ -105,12 +105,12 @@ def private_nats(tmp_path: Path) -> Iterator[LocalNats]:
 
 
 @pytest.fixture
-def services(tmp_path: Path) -> Iterator[Callable[[str, list[str]], Service]]:
+def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     """Start roomcast subcommands as subprocesses; all are stopped (SIGTERM) after the test."""
     started: list[Service] = []
 
-    def start(name: str, args: list[str]) -> Service:
-        svc = Service(name, args, tmp_path)
+    def start(name: str, args: list[str], open_files: int | None = None) -> Service:
+        svc = Service(name, args, tmp_path, open_files)
         started.append(svc)
         return svc
 

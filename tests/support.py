@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -32,12 +33,23 @@ def unique(prefix: str) -> str:
 class Service:
     """A roomcast subprocess whose output goes to a log file shown when a test fails."""
 
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_dir: Path, open_files: int | None = None
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         self._log = self.log_path.open("wb")
+
+        def limit() -> None:  # in the child, before exec: its hard open-files limit
+            if open_files is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+
         self.proc = subprocess.Popen(
-            ROOMCAST + args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            ROOMCAST + args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=limit if open_files is not None else None,
         )
 
     def log_tail(self, lines: int = 40) -> str:

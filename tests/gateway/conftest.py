@@ -71,8 +71,10 @@ async def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
 
 
 @pytest.fixture
-def gateway(nats_url: str, services: Callable[[str, list[str]], Service]) -> Callable[..., Gateway]:
-    def start(*extra: str, nats: str | None = None, name: str = "gateway") -> Gateway:
+def gateway(nats_url: str, services: Callable[..., Service]) -> Callable[..., Gateway]:
+    def start(
+        *extra: str, nats: str | None = None, name: str = "gateway", open_files: int | None = None
+    ) -> Gateway:
         port = free_port()
         prefix = unique("gw").replace("-", "_")
         url = nats or nats_url
@@ -80,6 +82,7 @@ def gateway(nats_url: str, services: Callable[[str, list[str]], Service]) -> Cal
             name,
             ["gateway", "--nats", url, "--port", str(port), "--subject-prefix", prefix,
              "--workers", "1", *extra],
+            open_files=open_files,
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{port}/healthz", svc)
         return Gateway(svc, port, prefix, url, stack)

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
-from websockets.frames import Opcode
+from websockets.frames import Frame, Opcode
 from websockets.sync.client import connect
 
 from tests.gateway.conftest import Gateway, RawViewer, join_message
@@ -158,3 +158,27 @@ def test_too_many_rooms(gateway: Callable[..., Gateway]) -> None:
     with pytest.raises(ConnectionClosedError) as closed:
         ws.recv(timeout=5)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 4003
+
+
+def test_replies_come_in_request_order_even_behind_a_join_being_set_up(
+    gateway: Callable[..., Gateway],
+) -> None:
+    """join x (its subscription is not live yet), ping, leave x, join y, ping: in one read."""
+    raw = RawViewer(gateway().port)
+    requests = [
+        join_message("x"),
+        json.dumps({"type": "ping"}),
+        json.dumps({"type": "leave", "room": "x"}),
+        join_message("y"),
+        json.dumps({"type": "ping"}),
+    ]
+    raw.sock.sendall(
+        b"".join(Frame(Opcode.TEXT, r.encode()).serialize(mask=True) for r in requests)
+    )
+    assert raw.messages(5) == [
+        {"type": "joined", "room": "x"},
+        {"type": "pong"},
+        {"type": "left", "room": "x"},
+        {"type": "joined", "room": "y"},
+        {"type": "pong"},
+    ]

@@ -96,7 +96,9 @@ class Viewer(asyncio.Protocol):
             if state is OPEN:
                 if isinstance(event, Frame):
                     self._frame(event)
-            elif state is HANDSHAKING and isinstance(event, Request):
+            elif state is HANDSHAKING and isinstance(event, Request) and not proto.eof_sent:
+                # eof_sent: frames sent along with the request already failed the protocol
+                # (it parses them before any upgrade): no upgrade for this connection.
                 self._handshake(event)
             # else: failed or closing. The protocol still completes the close handshake, but
             # nothing the client sent is acted on, not even what came in the same read.
