@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import nats
 import pytest
 from websockets.client import ClientProtocol
+from websockets.extensions.base import ClientExtensionFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Response
 from websockets.sync.client import ClientConnection, connect
@@ -41,7 +42,7 @@ class Gateway:
     def viewer(self, *rooms: str, **kw: object) -> ClientConnection:
         query = "&".join(f"room={r}" for r in rooms)
         ws = self.stack.enter_context(
-            connect(f"{self.ws_url}?{query}", compression=None, max_size=None, **kw)  # type: ignore[arg-type]
+            connect(f"{self.ws_url}?{query}", **{"compression": None, "max_size": None, **kw})  # type: ignore[arg-type]
         )
         for room in rooms:  # wait for the acks: the room is live once joined
             assert json.loads(ws.recv(timeout=10)) == {"type": "joined", "room": room}
@@ -102,14 +103,22 @@ class RawViewer:
     a viewer that stops reading (a small receive buffer, then no recv at all).
     """
 
-    def __init__(self, port: int, path: str = "/ws", rcvbuf: int | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        path: str = "/ws",
+        rcvbuf: int | None = None,
+        extensions: list[ClientExtensionFactory] | None = None,
+    ) -> None:
         self.sock = socket.socket()
         if rcvbuf is not None:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         self.sock.settimeout(10)
         self.answer = True  # send what the protocol wants to send (pongs, close replies)
         self.sock.connect(("127.0.0.1", port))
-        self.proto = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}{path}"), max_size=None)
+        self.proto = ClientProtocol(
+            parse_uri(f"ws://127.0.0.1:{port}{path}"), extensions=extensions, max_size=None
+        )
         self.proto.send_request(self.proto.connect())
         self._flush()
         self.response: Response | None = None

@@ -193,6 +193,14 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(
     gateway: Callable[..., Gateway],
 ) -> None:
     gw = gateway("--workers", "2")
+    answered: set[str] = set()  # /healthz answers once one worker listens: wait for both
+
+    def both_listen() -> bool:
+        with urllib.request.urlopen(f"{gw.http}/healthz", timeout=2) as resp:
+            answered.add(resp.headers["X-Roomcast-Worker"])
+        return answered == {"0", "1"}
+
+    assert wait_until(both_listen, timeout=15)
     viewers, workers = [], set()
     for _ in range(30):
         ws = gw.viewer("shared")

@@ -56,6 +56,7 @@ class FakeViewer:
         self.state = ViewerState.HANDSHAKING
         self.rooms: list[str] = []
         self.slow_since = 0.0
+        self.deflate = False
         self.replies: list[bytes | PendingJoin] | None = None
         self.transport = FakeTransport()
         self.sent: list[dict[str, object]] = []  # protocol messages (acks, errors)

@@ -45,6 +45,12 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
       help="WebSocket ping to every viewer this often.")  # fmt: skip
 @_opt("--ping-timeout-s", default=_D.ping_timeout_s, type=click.FloatRange(min=0.1),
       help="Close a viewer whose pong has not come back after this long.")  # fmt: skip
+@_opt("--compress/--no-compress", default=_D.compress,
+      help="Offer permessage-deflate; a blob is compressed once for all who accept.")  # fmt: skip
+@_opt("--compress-level", default=_D.compress_level, type=click.IntRange(1, 9),
+      help="zlib level for blobs (paid once per blob per worker, not per viewer).")  # fmt: skip
+@_opt("--compress-min-bytes", default=_D.compress_min_bytes, type=click.IntRange(min=0),
+      help="Blobs shorter than this go uncompressed to everyone.")  # fmt: skip
 @_opt("--handshake-timeout-s", default=_D.handshake_timeout_s, type=click.FloatRange(min=0.1),
       help="Time to complete the upgrade request; past it the connection is dropped.")  # fmt: skip
 @_opt("--handshake-idle-s", default=_D.handshake_idle_s, type=click.FloatRange(min=0.1),

@@ -54,6 +54,7 @@ class Viewer(asyncio.Protocol):
     """A viewer connection: the I/O shell around one ServerProtocol and its hub state."""
 
     __slots__ = (
+        "deflate",
         "gw",
         "partial",
         "ping_sent_at",
@@ -73,6 +74,7 @@ class Viewer(asyncio.Protocol):
         self.rooms: list[str] = []  # rooms this viewer is in (not counting _all)
         self.replies: list[bytes | PendingJoin] | None = None  # held behind a pending join
         self.slow_since = 0.0  # > 0 while the write buffer is over the high-water mark
+        self.deflate = False  # negotiated permessage-deflate: gets compressed blob frames
         self.ping_sent_at = 0.0  # > 0 while a WebSocket ping awaits its pong
         self.partial: bytes | None = None  # a fragmented client message being reassembled
 
@@ -81,7 +83,11 @@ class Viewer(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         t.set_write_buffer_limits(high=self.gw.cfg.write_buffer_high)
-        self.proto = ServerProtocol(max_size=self.gw.cfg.max_message_bytes, logger=_ws_logger)
+        self.proto = ServerProtocol(
+            extensions=self.gw.extensions,
+            max_size=self.gw.cfg.max_message_bytes,
+            logger=_ws_logger,
+        )
         self.gw.connected(self)
 
     def data_received(self, data: bytes) -> None:
@@ -184,6 +190,7 @@ class Viewer(asyncio.Protocol):
         if response.status_code != 101:
             metrics.REJECTED.labels("bad_handshake").inc()
             return
+        self.deflate = bool(proto.extensions)  # permessage-deflate is the only one offered
         gw.viewer_open(self)
         for room in dict.fromkeys(rooms):
             gw.join(self, room)

@@ -17,10 +17,12 @@ from typing import Any
 
 from prometheus_client import generate_latest
 
+from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode
 from roomcast.gateway import metrics
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
+from roomcast.gateway.deflate import SharedDeflateFactory
 from roomcast.gateway.feed import NatsFeed, RoomFeed
 from roomcast.gateway.hub import OPEN, Hub, Interest
 
@@ -33,7 +35,9 @@ class Gateway:
     ) -> None:
         self.cfg = cfg
         self.worker_id = worker_id
-        self.hub: Hub[Viewer] = Hub(max_handshakes=cfg.max_handshakes)
+        deflater = Deflater(cfg.compress_level, cfg.compress_min_bytes) if cfg.compress else None
+        self.hub: Hub[Viewer] = Hub(max_handshakes=cfg.max_handshakes, deflater=deflater)
+        self.extensions = [SharedDeflateFactory()] if cfg.compress else None
         self.feed: RoomFeed = feed or NatsFeed(
             cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}"
         )
@@ -68,6 +72,8 @@ class Gateway:
         self._flush_scheduled = False
         result = self.hub.fanout(batch)
         metrics.FRAMES_SENT.inc(result.sent)
+        if result.deflated:
+            metrics.FRAMES_DEFLATED.inc(result.deflated)
         metrics.BYTES_SENT.inc(result.nbytes)
         if result.dropped:
             metrics.FRAMES_DROPPED.labels("slow").inc(result.dropped)

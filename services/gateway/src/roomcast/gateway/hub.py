@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
-from roomcast.core.frames import text_frame
+from roomcast.core.frames import Deflater, text_frame
 from roomcast.core.protocol import Joined, Left, encode_server_message
 from roomcast.core.rooms import ALL_ROOM
 
@@ -53,6 +53,7 @@ class Peer(Protocol):
     state: ViewerState
     rooms: list[str]  # the rooms it is in (not counting push-to-all)
     slow_since: float  # > 0 while its write buffer is over the high-water mark
+    deflate: bool  # negotiated permessage-deflate: gets the compressed frame
     replies: list[bytes | PendingJoin] | None  # replies held behind a join not yet confirmed
 
     @property
@@ -79,10 +80,13 @@ class Room(Generic[P]):
     subscribed: bool = False  # the feed confirmed the subscription
     subscribing: bool = False  # asked for, not confirmed yet
     waiting: list[P] = field(default_factory=list)  # owed a `joined` once subscribed
-    # The viewers' bound `transport.write`s, while every viewer of the room watches no other
-    # room and is not slow (the common case: the fan-out is then a bare loop of calls). [] when
-    # that does not hold; None when it must be worked out again (a join, a leave, slow, caught up).
-    writers: list[Callable[[bytes], object]] | None = None
+    # The viewers' bound `transport.write`s (`plain` and `deflated`: viewers that negotiated
+    # permessage-deflate get the compressed frame), while every viewer of the room watches no
+    # other room and is not slow (`bare`: the fan-out is then a bare loop of calls). `plain` is
+    # None when they must be worked out again (a join, a leave, slow, caught up).
+    plain: list[Callable[[bytes], object]] | None = None
+    deflated: list[Callable[[bytes], object]] = field(default_factory=list)
+    bare: bool = False
 
 
 @dataclass(slots=True)
@@ -103,6 +107,7 @@ class FanoutResult(Generic[P]):
     dropped: int = 0  # frames not written to slow viewers
     coalesced: int = 0  # writes that carried several frames to one viewer
     rejected: int = 0  # blobs that were not valid UTF-8 (never sent: clients would fail)
+    deflated: int = 0  # frames sent compressed (permessage-deflate)
     broken: list[P] = field(default_factory=list)  # write raised: closed here, abort them
     interest: Interest = field(default_factory=Interest)
 
@@ -110,8 +115,9 @@ class FanoutResult(Generic[P]):
 class Hub(Generic[P]):
     """One worker's viewers and rooms. Single-threaded by design (one asyncio loop per worker)."""
 
-    def __init__(self, max_handshakes: int = 1024) -> None:
+    def __init__(self, max_handshakes: int = 1024, deflater: Deflater | None = None) -> None:
         self.max_handshakes = max_handshakes
+        self.deflater = deflater  # None: never compress
         self.viewers: set[P] = set()  # OPEN viewers
         self.rooms: dict[str, Room[P]] = {}
         self.slow: set[P] = set()
@@ -225,7 +231,7 @@ class Hub(Generic[P]):
         if room is None:
             return
         room.viewers.discard(v)
-        room.writers = None
+        room.plain = None
         if v in room.waiting:
             room.waiting = [w for w in room.waiting if w is not v]
         if not room.viewers and not room.subscribing:
@@ -342,9 +348,10 @@ class Hub(Generic[P]):
     def fanout(self, batch: list[tuple[str, bytes]]) -> FanoutResult[P]:
         """Write each blob, framed once, to every OPEN viewer of its room (push-to-all: all).
 
-        Several blobs in one batch (one loop turn) reach a viewer that gets more than one of them
-        in one write. A write that raises closes that viewer (reported in `broken`); everyone
-        else still gets the frame.
+        Framed once means twice at most: plain, and compressed once for the viewers that
+        negotiated permessage-deflate. Several blobs in one batch (one loop turn) reach a viewer
+        that gets more than one of them in one write. A write that raises closes that viewer
+        (reported in `broken`); everyone else still gets the frame.
         """
         result: FanoutResult[P] = FanoutResult()
         if len(batch) == 1 and batch[0][0] != ALL_ROOM:
@@ -356,15 +363,12 @@ class Hub(Generic[P]):
                 result.rejected = 1
                 return result
             frame = text_frame(data)
-            writers = room.writers
-            if writers is None:
-                writers = self._writers(room)
-            if writers:
-                self._write_each(writers, frame, room, result)
-                result.sent = len(writers) - len(result.broken)
+            if room.plain is None:
+                self._writers(room)
+            if room.bare:
+                self._write_bare(room, frame, data, result)
             else:
-                self._write_viewers(room.viewers, frame, result)
-            result.nbytes = result.sent * len(frame)
+                self._write_viewers(room.viewers, frame, data, result)
         else:
             self._fanout_many(batch, result)
         if result.broken:
@@ -372,6 +376,26 @@ class Hub(Generic[P]):
             for v in result.broken:
                 self._close_broken(v, result)
         return result
+
+    def _write_bare(
+        self, room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]
+    ) -> None:
+        plain, deflated = room.plain, room.deflated
+        assert plain is not None
+        broken = len(result.broken)
+        if plain:
+            self._write_each(plain, frame, room, result)
+            result.nbytes += len(plain) * len(frame)
+        if deflated:
+            zframe = self._deflate(data) or frame
+            self._write_each(deflated, zframe, room, result)
+            result.nbytes += len(deflated) * len(zframe)
+            if zframe is not frame:
+                result.deflated += len(deflated)
+        result.sent += len(plain) + len(deflated) - (len(result.broken) - broken)
+
+    def _deflate(self, data: bytes) -> bytes | None:
+        return None if self.deflater is None else self.deflater.frame(data)
 
     def _write_each(
         self,
@@ -398,20 +422,27 @@ class Hub(Generic[P]):
                 return v
         raise LookupError(f"a writer of room {room.name!r} has no viewer")  # pragma: no cover
 
-    @staticmethod
-    def _write_viewers(viewers: Iterable[P], frame: bytes, result: FanoutResult[P]) -> None:
-        sent = dropped = 0
+    def _write_viewers(
+        self, viewers: Iterable[P], frame: bytes, data: bytes, result: FanoutResult[P]
+    ) -> None:
+        zframe = None
         for v in viewers:
             if v.slow_since:
-                dropped += 1
+                result.dropped += 1
                 continue
+            out = frame
+            if v.deflate:
+                if zframe is None:
+                    zframe = self._deflate(data) or frame
+                out = zframe
             try:
-                v.transport.write(frame)  # type: ignore[union-attr]
-                sent += 1
+                v.transport.write(out)  # type: ignore[union-attr]
             except Exception:
                 result.broken.append(v)
-        result.sent += sent
-        result.dropped += dropped
+                continue
+            result.sent += 1
+            result.nbytes += len(out)
+            result.deflated += out is not frame
 
     def _fanout_many(self, batch: list[tuple[str, bytes]], result: FanoutResult[P]) -> None:
         has_all = any(name == ALL_ROOM for name, _ in batch)
@@ -429,59 +460,66 @@ class Hub(Generic[P]):
                 result.rejected += 1
                 continue
             frame = text_frame(data)
+            zframe = None
             if room is not None and not has_all:
-                writers = room.writers
-                if writers is None:
-                    writers = self._writers(room)
-                if writers:  # nobody here gets another frame this turn: write it now
-                    before = len(result.broken)
-                    self._write_each(writers, frame, room, result)
-                    sent = len(writers) - (len(result.broken) - before)
-                    result.sent += sent
-                    result.nbytes += sent * len(frame)
+                if room.plain is None:
+                    self._writers(room)
+                if room.bare:  # nobody here gets another frame this turn: write it now
+                    self._write_bare(room, frame, data, result)
                     continue
             for v in targets:
                 if v.slow_since:
                     result.dropped += 1
-                elif has_all or len(v.rooms) > 1:
+                    continue
+                out = frame
+                if v.deflate:
+                    if zframe is None:
+                        zframe = self._deflate(data) or frame
+                    out = zframe
+                if has_all or len(v.rooms) > 1:
                     frames = combined.get(v)
                     if frames is None:
-                        combined[v] = [frame]
+                        combined[v] = [out]
                     else:
-                        frames.append(frame)
-                else:
-                    try:
-                        v.transport.write(frame)  # type: ignore[union-attr]
-                    except Exception:
-                        result.broken.append(v)
-                        continue
-                    result.sent += 1
-                    result.nbytes += len(frame)
+                        frames.append(out)
+                    continue
+                try:
+                    v.transport.write(out)  # type: ignore[union-attr]
+                except Exception:
+                    result.broken.append(v)
+                    continue
+                result.sent += 1
+                result.nbytes += len(out)
+                result.deflated += out is not frame
         for v, frames in combined.items():
             if len(frames) == 1:
-                data = frames[0]
+                out = frames[0]
             else:
-                data = b"".join(frames)
+                out = b"".join(frames)
                 result.coalesced += 1
             try:
-                v.transport.write(data)  # type: ignore[union-attr]
+                v.transport.write(out)  # type: ignore[union-attr]
             except Exception:
                 result.broken.append(v)
                 continue
             result.sent += len(frames)
-            result.nbytes += len(data)
+            result.nbytes += len(out)
+            if v.deflate:
+                result.deflated += sum(f[0] & 0x40 != 0 for f in frames)
 
     def _close_broken(self, v: P, result: FanoutResult[P]) -> None:
         interest = self.close(v, final=True)
         result.interest.unsubscribe += interest.unsubscribe
 
-    def _writers(self, room: Room[P]) -> list[Callable[[bytes], object]]:
+    def _writers(self, room: Room[P]) -> None:
+        """Work out the room's bare-loop writer lists (plain and deflate viewers apart)."""
         vs = room.viewers
-        if all(not v.slow_since and len(v.rooms) == 1 for v in vs):
-            room.writers = [v.transport.write for v in vs]  # type: ignore[union-attr]
+        room.bare = all(not v.slow_since and len(v.rooms) == 1 for v in vs)
+        if room.bare:
+            room.plain = [v.transport.write for v in vs if not v.deflate]  # type: ignore[union-attr]
+            room.deflated = [v.transport.write for v in vs if v.deflate]  # type: ignore[union-attr]
         else:
-            room.writers = []
-        return room.writers
+            room.plain, room.deflated = [], []
 
     def _changed(self, v: P) -> None:
         """`v` joined, left, got slow or caught up: its rooms' writer lists are stale."""
@@ -489,7 +527,7 @@ class Hub(Generic[P]):
         for name in v.rooms:
             room = rooms.get(name)
             if room is not None:
-                room.writers = None
+                room.plain = None
 
 
 def _is_utf8(data: bytes) -> bool:

@@ -16,6 +16,11 @@ ROOMS = Gauge("roomcast_gateway_rooms", "Rooms with at least one local viewer", 
 FRAMES_SENT = Counter(
     "roomcast_gateway_frames_sent_total", "Blob frames written to viewers", registry=REGISTRY
 )
+FRAMES_DEFLATED = Counter(
+    "roomcast_gateway_frames_deflated_total",
+    "Blob frames written compressed (permessage-deflate, compressed once per blob)",
+    registry=REGISTRY,
+)
 BYTES_SENT = Counter(
     "roomcast_gateway_bytes_sent_total", "Blob frame bytes written to viewers", registry=REGISTRY
 )
