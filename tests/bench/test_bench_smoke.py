@@ -13,6 +13,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.support import ROOMCAST
 
 COMMON = ["started_at", "scenario", "viewers", "duration_s"]
@@ -83,6 +85,16 @@ def test_fanout_measures_gateway_floor_and_stock(tmp_path: Path, nats_url: str) 
     assert math.isclose(doc["speedup_vs_stock"], sum(r["stock"] / r["gateway"] for r in rounds) / 2)
 
 
+def test_fanout_with_deflate_sends_compressed_chat_blobs(tmp_path: Path, nats_url: str) -> None:
+    doc = bench(
+        tmp_path, nats_url, None, "fanout", "--viewers", "100", "--rooms", "4", "--duration", "1",
+        "--workers", "1", "--rate", "20", "--no-compare", "--compress", "on", "--blob-kind", "chat",
+    )  # fmt: skip
+    assert doc["compress"] is True and doc["blob_kind"] == "chat"
+    assert doc["dropped"] == 0 and positive(doc["gateway_cpu_us_per_frame"])
+    assert doc["gateway_bytes_per_frame"] * 3 < doc["blob_bytes"]  # compressed (once) on the wire
+
+
 def test_connect_measures_handshakes_memory_and_storm(tmp_path: Path, nats_url: str) -> None:
     doc = bench(tmp_path, nats_url, None, "connect", "--viewers", "300", "--workers", "2")
     assert doc["viewers"] == 300
@@ -109,8 +121,9 @@ def test_ingest_measures_pipeline_against_ceiling(
     assert doc["events_per_blob"] > 1  # merging happened
 
 
+@pytest.mark.parametrize("compress", ["off", "on"])
 def test_e2e_checks_every_event_and_times_it(
-    tmp_path: Path, nats_url: str, kafka_bootstrap: str
+    tmp_path: Path, nats_url: str, kafka_bootstrap: str, compress: str
 ) -> None:
     plot = tmp_path / "latency.png"
     doc = bench(
@@ -132,7 +145,10 @@ def test_e2e_checks_every_event_and_times_it(
         "2",
         "--plot",
         str(plot),
+        "--compress",
+        compress,
     )
+    assert doc["compress"] is (compress == "on")
     assert doc["lost"] == 0 and doc["duplicated"] == 0 and doc["dropped"] == 0
     assert doc["delivered_events"] == doc["expected_events"] > 0
     lat = doc["latency_ms"]

@@ -243,6 +243,29 @@ def bench() -> None:
     help="Measure each server this many times, interleaved (each round starts with a different "
     "one); report the median run and the median of the ratios taken within each round.",
 )
+@click.option(
+    "--compress",
+    type=click.Choice(["off", "on"]),
+    default="off",
+    show_default=True,
+    help="on: viewers offer permessage-deflate as browsers do; the gateway compresses each blob "
+    "once, stock compresses per connection (its default), the floor ignores the offer.",
+)
+@click.option(
+    "--blob-kind",
+    type=click.Choice(["synthetic", "chat"]),
+    default="synthetic",
+    show_default=True,
+    help="synthetic: --blob-bytes of short alike events; chat: a merged 1 s window of "
+    "--events-per-blob e2e chat events (what compression meets in practice).",
+)
+@click.option(
+    "--events-per-blob",
+    type=click.IntRange(1, 10_000),
+    default=40,
+    show_default=True,
+    help="Events in each chat blob (--blob-kind chat).",
+)
 def fanout(
     rooms: int,
     rate: float,
@@ -250,6 +273,9 @@ def fanout(
     compare: bool,
     stock_loop: str,
     rounds: int,
+    compress: str,
+    blob_kind: str,
+    events_per_blob: int,
     **common: Any,
 ) -> None:
     """The gateway alone: blobs injected into NATS, V viewers in R rooms.
@@ -263,7 +289,17 @@ def fanout(
             one(
                 v,
                 lambda c, b: scenarios.fanout(
-                    c, b.nats, rooms, rate, blob_bytes, compare, stock_loop, rounds
+                    c,
+                    b.nats,
+                    rooms,
+                    rate,
+                    blob_bytes,
+                    compare,
+                    stock_loop,
+                    rounds,
+                    compress == "on",
+                    blob_kind,
+                    events_per_blob,
                 ),
             )
 
@@ -333,7 +369,16 @@ def ingest(events: int, rooms: int, partitions: int, window_ms: int, **common: A
 )
 @click.option("--window-ms", type=click.IntRange(0), default=1000, show_default=True)
 @click.option("--partitions", type=click.IntRange(1), default=8, show_default=True)
-def e2e(rooms: int, rate: float, window_ms: int, partitions: int, **common: Any) -> None:
+@click.option(
+    "--compress",
+    type=click.Choice(["off", "on"]),
+    default="off",
+    show_default=True,
+    help="on: viewers offer permessage-deflate (and inflate what they check).",
+)
+def e2e(
+    rooms: int, rate: float, window_ms: int, partitions: int, compress: str, **common: Any
+) -> None:
     """Producers -> Kafka -> ingest -> NATS -> gateway -> viewers, checked and timed.
 
     Every viewer decodes its blobs, applies the dedup rule, and checks each room's sequence:
@@ -343,5 +388,7 @@ def e2e(rooms: int, rate: float, window_ms: int, partitions: int, **common: Any)
         for v in common["viewers"]:
             one(
                 v,
-                lambda c, b: scenarios.e2e(c, b.kafka, b.nats, rooms, rate, window_ms, partitions),
+                lambda c, b: scenarios.e2e(
+                    c, b.kafka, b.nats, rooms, rate, window_ms, partitions, compress == "on"
+                ),
             )

@@ -20,6 +20,7 @@ import random
 import socket
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
@@ -35,8 +36,11 @@ PER_PROCESS = 12_000
 _REQUEST = (
     "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
     "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-    "Sec-WebSocket-Version: 13\r\n\r\n"
+    "Sec-WebSocket-Version: 13\r\n{extra}\r\n"
 )
+#: What browsers offer: permessage-deflate, and we may reset our context per message.
+_DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+_FLUSH_TAIL = b"\x00\x00\xff\xff"
 _MAX_LATENCY_SAMPLES = 200_000
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
 
@@ -137,7 +141,10 @@ class _Viewer(asyncio.Protocol):
                     c.frames += 1
                     c.bytes += end - pos
                     if c.inspect:
-                        self._inspect(data[pos + h : end])
+                        payload = data[pos + h : end]
+                        if b0 & 0x40:  # permessage-deflate, no context takeover: stands alone
+                            payload = zlib.decompressobj(-15).decompress(payload + _FLUSH_TAIL)
+                        self._inspect(payload)
             elif op == 9:  # ping -> pong (masked with a zero key, as clients must mask)
                 payload = data[pos + h : end]
                 assert self.transport is not None
@@ -207,6 +214,7 @@ class _Client:
         self.host = "127.0.0.1"
         self.port = 0
         self.inspect = False
+        self.compress = False  # offer permessage-deflate in the handshake
         self.stopping = False
         self.source = "127.0.0.1"
         self.reset()
@@ -253,15 +261,24 @@ class _Client:
     def request(self, path: str) -> bytes:
         req = self._requests.get(path)
         if req is None:
+            extra = _DEFLATE_OFFER if self.compress else ""
             req = self._requests[path] = _REQUEST.format(
-                path=path, host=self.host, port=self.port
+                path=path, host=self.host, port=self.port, extra=extra
             ).encode()
         return req
 
     def connect(
-        self, host: str, port: int, paths: list[str], inspect: bool, deadline: float, source: str
+        self,
+        host: str,
+        port: int,
+        paths: list[str],
+        inspect: bool,
+        deadline: float,
+        source: str,
+        compress: bool = False,
     ) -> None:
         self.host, self.port, self.paths, self.inspect = host, port, paths, inspect
+        self.compress = compress
         self.source = source
         self.stopping = False
         self._requests.clear()
@@ -367,6 +384,7 @@ async def _serve(conn: Connection) -> None:
                 arg["inspect"],
                 arg["deadline"],
                 arg["source"],
+                arg.get("compress", False),
             )
             conn.send(None)
         elif cmd == "stats":
@@ -431,6 +449,7 @@ class LoadClients:
         inspect: bool = False,
         timeout: float = 120,
         host: str = "127.0.0.1",
+        compress: bool = False,
     ) -> None:
         """Start opening one viewer per path (returns at once; poll `stats()["joined"]`)."""
         deadline = time.time() + timeout
@@ -447,6 +466,7 @@ class LoadClients:
                         "inspect": inspect,
                         "deadline": deadline,
                         "source": self._source(i),
+                        "compress": compress,
                     },
                 )
             )

@@ -41,6 +41,28 @@ def _paths(viewers: int, rooms: list[str]) -> list[str]:
     return [f"/ws?room={rooms[i % len(rooms)]}" for i in range(viewers)]
 
 
+def _chat_blob(room: str, events: int, variant: int) -> bytes:
+    """A merged window of the e2e producer's chat events, as ingest publishes it."""
+    rng = random.Random(f"{room}/{variant}")
+    t0 = 1_760_000_000.0 + rng.random() * 1000
+    first = 5000 + variant * events
+    values = [
+        b'{"type":"chat","seq":%d,"ts":%.6f,"text":"bench event with some text"}'
+        % (first + i, t0 + i * rng.random() * 0.02)
+        for i in range(events)
+    ]
+    return encode_blob(room, rng.randrange(8), list(range(first, first + events)), values)
+
+
+def make_blobs(room: str, kind: str, size: int, events: int) -> list[bytes]:
+    """What the fanout scenario publishes to a room, in turn: `synthetic` (one blob of about
+    `size` bytes of short, alike events) or `chat` (merged 1 s windows of `events` e2e chat
+    events; 8 different ones, so a per-connection compressor cannot just point at the last)."""
+    if kind == "chat":
+        return [_chat_blob(room, events, v) for v in range(8)]
+    return [_sample_blob(room, size)]
+
+
 def _sample_blob(room: str, size: int) -> bytes:
     """A blob as ingest would publish it, about `size` bytes."""
     events, offsets = [], []
@@ -55,24 +77,30 @@ def _sample_blob(room: str, size: int) -> bytes:
 
 
 async def _publish(
-    nats_url: str, prefix: str, rooms: list[str], rate: float, seconds: float, blob_size: int
+    nats_url: str,
+    prefix: str,
+    rooms: list[str],
+    rate: float,
+    seconds: float,
+    blobs: list[list[bytes]],
 ) -> tuple[int, float]:
-    """Publish `rate` blobs per room per second for `seconds`, spread evenly.
-
-    Returns how many were published and over how many seconds."""
+    """Publish `rate` blobs per room per second for `seconds`, spread evenly (room i gets
+    `blobs[i]` in turn). Returns how many were published and over how many seconds."""
     nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
     subjects = [room_subject(r, prefix) for r in rooms]
-    blobs = [_sample_blob(r, blob_size) for r in rooms]
     per_s = rate * len(rooms)
     start = time.monotonic()
     sent = 0
     cycle = itertools.cycle(range(len(rooms)))
+    turns = [0] * len(rooms)
     try:
         while (now := time.monotonic()) - start < seconds:
             due = int((now - start) * per_s) - sent
             for _ in range(due):
                 i = next(cycle)
-                await nc.publish(subjects[i], blobs[i])
+                variants = blobs[i]
+                await nc.publish(subjects[i], variants[turns[i] % len(variants)])
+                turns[i] += 1
             sent += max(due, 0)
             await nc.flush()
             await asyncio.sleep(0.01)
@@ -83,11 +111,17 @@ async def _publish(
 
 
 def _connect_all(
-    c: Common, clients: LoadClients, port: int, paths: list[str], label: str, inspect: bool = False
+    c: Common,
+    clients: LoadClients,
+    port: int,
+    paths: list[str],
+    label: str,
+    inspect: bool = False,
+    compress: bool = False,
 ) -> float:
     """Connect one viewer per path and wait for every `joined` ack; the seconds it took."""
     t0 = time.monotonic()
-    clients.connect(port, paths, inspect=inspect)
+    clients.connect(port, paths, inspect=inspect, compress=compress)
     wait_joined(
         clients,
         len(paths),
@@ -105,25 +139,25 @@ def _measure_server(
     prefix: str,
     rooms: list[str],
     rate: float,
-    blob_size: int,
+    blobs: list[list[bytes]],
     label: str,
+    compress: bool,
 ) -> dict[str, Any]:
     with server:
         base_rss = server.rss_bytes()
-        _connect_all(c, clients, server.port, _paths(c.viewers, rooms), f"fanout {label}")
+        paths = _paths(c.viewers, rooms)
+        _connect_all(c, clients, server.port, paths, f"fanout {label}", compress=compress)
         time.sleep(min(1.0, 0.2 + c.viewers / 10_000))  # settle before reading idle memory
         idle_rss = server.rss_bytes()
         c.progress(f"[fanout {label}] warming up")
-        asyncio.run(_publish(nats_url, prefix, rooms, rate, 1.0, blob_size))
+        asyncio.run(_publish(nats_url, prefix, rooms, rate, 1.0, blobs))
         time.sleep(0.5)
         clients.reset()
         client_procs = [psutil.Process(p) for p in clients.pids]
         cpu0, ccpu0, t0 = server.cpu_seconds(), stack.cpu_seconds(client_procs), time.monotonic()
 
         async def publish_with_progress() -> tuple[int, float]:
-            task = asyncio.create_task(
-                _publish(nats_url, prefix, rooms, rate, c.duration_s, blob_size)
-            )
+            task = asyncio.create_task(_publish(nats_url, prefix, rooms, rate, c.duration_s, blobs))
             while not task.done():
                 await asyncio.sleep(1.0)
                 elapsed = time.monotonic() - t0
@@ -147,6 +181,7 @@ def _measure_server(
         "client_cpu_us_per_frame": ccpu / frames * 1e6 if frames else None,
         "frames": frames,
         "frames_per_s": frames / elapsed,
+        "bytes_per_frame": s["bytes"] / frames if frames else None,
         "dropped": max(0, expected - frames),
         "memory_kib_per_viewer": max(0, idle_rss - base_rss) / c.viewers / 1024,
         "server_cpu_share": cpu / elapsed,
@@ -163,16 +198,22 @@ def fanout(
     compare: bool,
     stock_loop: str = "asyncio",
     rounds: int = 1,
+    compress: bool = False,
+    blob_kind: str = "synthetic",
+    events_per_blob: int = 40,
 ) -> dict[str, Any]:
     rid = stack.run_id()
     prefix = f"{rid}.room"
     names = [f"r{i}" for i in range(rooms)]
+    blobs = [make_blobs(r, blob_kind, blob_size, events_per_blob) for r in names]
     logs = c.state_dir / "logs"
     servers = [stack.gateway(logs, nats_url, prefix, c.workers)]
     if compare:
+        # With --compress on, stock runs with its default: deflate per connection.
+        stock_extra = ("--compression", "deflate" if compress else "none")
         servers += [
             stack.reference(logs, "floor", nats_url, prefix, c.workers),
-            stack.reference(logs, "stock", nats_url, prefix, c.workers, stock_loop),
+            stack.reference(logs, "stock", nats_url, prefix, c.workers, stock_loop, stock_extra),
         ]
     per_round: list[dict[str, dict[str, Any]]] = []
     with LoadClients(c.viewers) as clients:
@@ -184,7 +225,7 @@ def fanout(
             for server in order:
                 tag = f"round {r + 1}/{rounds} {server.name}" if rounds > 1 else server.name
                 measured[server.name] = _measure_server(
-                    c, server, clients, nats_url, prefix, names, rate, blob_size, tag
+                    c, server, clients, nats_url, prefix, names, rate, blobs, tag, compress
                 )
             per_round.append(measured)
     results = {s.name: _median_run([m[s.name] for m in per_round]) for s in servers}
@@ -194,8 +235,11 @@ def fanout(
         "rounds": rounds,
         "workers": c.workers,
         "blobs_per_room_per_s": rate,
-        "blob_bytes": len(_sample_blob("r0", blob_size)),
+        "blob_kind": blob_kind,
+        "blob_bytes": statistics.mean(len(b) for variants in blobs for b in variants),
+        "compress": compress,
         "gateway_cpu_us_per_frame": gw["cpu_us_per_frame"],
+        "gateway_bytes_per_frame": gw["bytes_per_frame"],
         "frames_per_s": gw["frames_per_s"],
         "dropped": gw["dropped"],
         "memory_kib_per_viewer": gw["memory_kib_per_viewer"],
@@ -207,6 +251,8 @@ def fanout(
         out |= {
             "floor_cpu_us_per_frame": fl["cpu_us_per_frame"],
             "stock_cpu_us_per_frame": st["cpu_us_per_frame"],
+            "floor_bytes_per_frame": fl["bytes_per_frame"],
+            "stock_bytes_per_frame": st["bytes_per_frame"],
             # Ratios are taken within each round (same minutes of the machine), then the median.
             "ratio_vs_floor": _median_ratio(per_round, "gateway", "floor"),
             "speedup_vs_stock": _median_ratio(per_round, "stock", "gateway"),
@@ -524,6 +570,7 @@ def e2e(
     rate: float,
     window_ms: int,
     partitions: int,
+    compress: bool = False,
 ) -> dict[str, Any]:
     rid = stack.run_id()
     topic = f"{rid}.events"
@@ -538,7 +585,7 @@ def e2e(
     proc.start()
     try:
         with server, LoadClients(c.viewers, per_process=5000) as clients:
-            _connect_all(c, clients, server.port, paths, "e2e", inspect=True)
+            _connect_all(c, clients, server.port, paths, "e2e", inspect=True, compress=compress)
             clients.reset()
             t0 = time.monotonic()
             produced = asyncio.run(
@@ -574,6 +621,8 @@ def e2e(
         "rooms": rooms,
         "workers": c.workers,
         "window_ms": window_ms,
+        "compress": compress,
+        "bytes_per_frame": s["bytes"] / s["frames"] if s["frames"] else None,
         "produced_events": sum(produced),
         "produced_events_per_s": sum(produced) / produce_s,
         "events_per_s": s["events"] / elapsed,

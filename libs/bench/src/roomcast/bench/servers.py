@@ -129,7 +129,9 @@ def _stock_deliver(members: Any, data: bytes) -> None:
     websockets.broadcast(members, data.decode())
 
 
-async def _run(kind: str, host: str, port: int, nats_url: str, prefix: str) -> None:
+async def _run(
+    kind: str, host: str, port: int, nats_url: str, prefix: str, compression: str = "none"
+) -> None:
     nc = await nats.connect(nats_url, pending_size=64 * 1024 * 1024)
     loop = asyncio.get_running_loop()
     stop = loop.create_future()
@@ -163,7 +165,7 @@ async def _run(kind: str, host: str, port: int, nats_url: str, prefix: str) -> N
             port,
             reuse_port=True,
             backlog=4096,
-            compression=None,
+            compression="deflate" if compression == "deflate" else None,
             max_queue=16,
         ):
             await stop
@@ -179,9 +181,15 @@ def main() -> None:
     parser.add_argument("--nats", required=True)
     parser.add_argument("--prefix", default="roomcast.room")
     parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="uvloop")
+    parser.add_argument(
+        "--compression",
+        choices=["none", "deflate"],
+        default="none",
+        help="stock only: websockets' per-connection permessage-deflate (its default)",
+    )
     args = parser.parse_args()
     run = uvloop.run if args.loop == "uvloop" else asyncio.run
-    run(_run(args.kind, args.host, args.port, args.nats, args.prefix))
+    run(_run(args.kind, args.host, args.port, args.nats, args.prefix, args.compression))
 
 
 if __name__ == "__main__":

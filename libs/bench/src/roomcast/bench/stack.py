@@ -162,7 +162,13 @@ def gateway(
 
 
 def reference(
-    logs: Path, kind: str, nats: str, prefix: str, workers: int, loop: str = "uvloop"
+    logs: Path,
+    kind: str,
+    nats: str,
+    prefix: str,
+    workers: int,
+    loop: str = "uvloop",
+    extra: tuple[str, ...] = (),
 ) -> Server:
     port = server_port()
     procs = [
@@ -181,6 +187,7 @@ def reference(
                 prefix,
                 "--loop",
                 loop,
+                *extra,
             ],
             logs / f"{kind}-{port}-{i}.log",
         )
