@@ -260,6 +260,13 @@ def bench() -> None:
     "--events-per-blob e2e chat events (what compression meets in practice).",
 )
 @click.option(
+    "--compress-level",
+    type=click.IntRange(1, 9),
+    default=1,
+    show_default=True,
+    help="The gateway's --compress-level (zlib level, paid once per blob).",
+)
+@click.option(
     "--events-per-blob",
     type=click.IntRange(1, 10_000),
     default=40,
@@ -274,6 +281,7 @@ def fanout(
     stock_loop: str,
     rounds: int,
     compress: str,
+    compress_level: int,
     blob_kind: str,
     events_per_blob: int,
     **common: Any,
@@ -300,6 +308,7 @@ def fanout(
                     compress == "on",
                     blob_kind,
                     events_per_blob,
+                    compress_level,
                 ),
             )
 

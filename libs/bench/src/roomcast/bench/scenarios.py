@@ -201,13 +201,15 @@ def fanout(
     compress: bool = False,
     blob_kind: str = "synthetic",
     events_per_blob: int = 40,
+    compress_level: int = 1,
 ) -> dict[str, Any]:
     rid = stack.run_id()
     prefix = f"{rid}.room"
     names = [f"r{i}" for i in range(rooms)]
     blobs = [make_blobs(r, blob_kind, blob_size, events_per_blob) for r in names]
     logs = c.state_dir / "logs"
-    servers = [stack.gateway(logs, nats_url, prefix, c.workers)]
+    level = ("--compress-level", str(compress_level))
+    servers = [stack.gateway(logs, nats_url, prefix, c.workers, extra=level)]
     if compare:
         # With --compress on, stock runs with its default: deflate per connection.
         stock_extra = ("--compression", "deflate" if compress else "none")
@@ -238,6 +240,7 @@ def fanout(
         "blob_kind": blob_kind,
         "blob_bytes": statistics.mean(len(b) for variants in blobs for b in variants),
         "compress": compress,
+        "compress_level": compress_level,
         "gateway_cpu_us_per_frame": gw["cpu_us_per_frame"],
         "gateway_bytes_per_frame": gw["bytes_per_frame"],
         "frames_per_s": gw["frames_per_s"],
