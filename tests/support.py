@@ -123,5 +123,5 @@ def start_pipeline(
         + ["--window-ms", str(window_ms), "--subject-prefix", prefix]
         + ["--stream", unique("S").replace("-", "_"), "--metrics-port", "0"],
     )
-    wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
+    wait_http_ok(f"http://127.0.0.1:{port}/readyz", gateway)
     return topic, port

@@ -30,6 +30,11 @@ class Gateway:
     prefix: str
     nats_url: str
     stack: contextlib.ExitStack
+    metrics_port: int = 0
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
 
     @property
     def ws_url(self) -> str:
@@ -76,17 +81,17 @@ def gateway(nats_url: str, services: Callable[..., Service]) -> Callable[..., Ga
     def start(
         *extra: str, nats: str | None = None, name: str = "gateway", open_files: int | None = None
     ) -> Gateway:
-        port = free_port()
+        port, metrics_port = free_port(), free_port()
         prefix = unique("gw").replace("-", "_")
         url = nats or nats_url
         svc = services(
             name,
             ["gateway", "--nats", url, "--port", str(port), "--subject-prefix", prefix,
-             "--workers", "1", *extra],
+             "--workers", "1", "--metrics-port", str(metrics_port), *extra],
             open_files=open_files,
         )  # fmt: skip
-        wait_http_ok(f"http://127.0.0.1:{port}/healthz", svc)
-        return Gateway(svc, port, prefix, url, stack)
+        wait_http_ok(f"http://127.0.0.1:{port}/readyz", svc)  # NATS connected
+        return Gateway(svc, port, prefix, url, stack, metrics_port)
 
     with contextlib.ExitStack() as stack:
         yield start

@@ -15,6 +15,7 @@ from typing import Any
 
 import psutil
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.frames import Opcode
 from websockets.sync.client import connect
@@ -24,9 +25,16 @@ from tests.gateway.conftest import Gateway, RawViewer, join_message
 
 
 def metric(gw: Gateway, name: str) -> float:
-    text = urllib.request.urlopen(f"{gw.http}/metrics", timeout=5).read().decode()
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    return float(m.group(1)) if m else 0.0
+    """A series from the group's /metrics, summed over workers: `name` or `name{label="v"}`."""
+    text = urllib.request.urlopen(f"{gw.metrics_url}/metrics", timeout=5).read().decode()
+    base, _, selector = name.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == base and wanted.items() <= s.labels.items()
+    )
 
 
 def nats_subjects(nats: LocalNats) -> set[str]:

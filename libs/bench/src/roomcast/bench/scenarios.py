@@ -614,9 +614,7 @@ def e2e(
                 time.sleep(0.25)
             elapsed = time.monotonic() - t0
             s = clients.stats(latencies=True)
-            drops = stack.gateway_totals(
-                server.port, c.workers, ["roomcast_gateway_frames_dropped_total"]
-            )
+            drops = stack.gateway_totals(server, ["roomcast_gateway_frames_dropped_total"])
     finally:
         proc.stop()
     lat = sorted(s["latencies"])

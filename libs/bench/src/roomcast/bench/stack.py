@@ -72,16 +72,25 @@ def run_id() -> str:
 class Server:
     """One or more server processes (a gateway with its workers, or N reference servers)."""
 
-    def __init__(self, name: str, procs: list[ManagedProcess], port: int) -> None:
+    def __init__(
+        self, name: str, procs: list[ManagedProcess], port: int, metrics_port: int = 0
+    ) -> None:
         self.name = name
         self.procs = procs
         self.port = port
+        self.metrics_port = metrics_port  # a gateway's group endpoint (/metrics, /readyz)
 
     def start(self, timeout: float = 30) -> Server:
         for p in self.procs:
             p.start()
         for p in self.procs:
             wait_for_port(self.port, p, timeout)
+        if self.metrics_port:  # a gateway: every worker connected to NATS
+            deadline = time.monotonic() + timeout
+            while not _ok(f"http://127.0.0.1:{self.metrics_port}/readyz"):
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"{self.name} not ready after {timeout} s")
+                time.sleep(0.1)
         return self
 
     def processes(self) -> list[psutil.Process]:
@@ -134,11 +143,14 @@ def gateway(
     extra: tuple[str, ...] = (),
 ) -> Server:
     port = port or server_port()
+    metrics_port = server_port()
     args = [
         PYTHON,
         "-m",
         "roomcast.cli",
         "gateway",
+        "--metrics-port",
+        str(metrics_port),
         "--nats",
         nats,
         "--port",
@@ -158,7 +170,7 @@ def gateway(
         *extra,
     ]
     proc = ManagedProcess("gateway", args, logs / f"gateway-{port}.log")
-    return Server("gateway", [proc], port)
+    return Server("gateway", [proc], port, metrics_port)
 
 
 def reference(
@@ -248,25 +260,20 @@ def scrape(url: str, timeout: float = 2) -> tuple[str, dict[str, float]]:
     return worker, values
 
 
-def gateway_totals(
-    port: int, workers: int, names: list[str], timeout: float = 5
-) -> dict[str, float]:
-    """Sum metrics over every worker of a gateway (SO_REUSEPORT spreads the scrapes)."""
-    seen: dict[str, dict[str, float]] = {}
-    deadline = time.monotonic() + timeout
-    while len(seen) < workers and time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            worker, values = scrape(f"http://127.0.0.1:{port}/metrics")
-            seen[worker] = values
+def gateway_totals(server: Server, names: list[str]) -> dict[str, float]:
+    """Sum metrics over every worker of a gateway (its group endpoint has them all)."""
+    _, values = scrape(f"http://127.0.0.1:{server.metrics_port}/metrics")
     out: dict[str, float] = {}
-    for values in seen.values():
-        for key, v in values.items():
-            for name in names:
-                if key == name or key.startswith(name + "{"):
-                    out[name] = out.get(name, 0.0) + v
-    if len(seen) < workers:
-        raise BrokerError(f"scraped {len(seen)} of {workers} gateway workers' /metrics")
+    for key, v in values.items():
+        for name in names:
+            if key == name or key.startswith(name + "{"):
+                out[name] = out.get(name, 0.0) + v
     return out
 
 
-__all__ = ["BrokerError", "Brokers", "Server", "brokers", "gateway", "ingest", "reference"]
+def _ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False

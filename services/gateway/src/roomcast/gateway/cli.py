@@ -27,6 +27,10 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
 @_opt("--port", default=_D.port, type=click.IntRange(0, 65535), help="WebSocket and HTTP port.")
 @_opt("--workers", default=_D.workers, type=click.IntRange(min=1),
       help="Worker processes sharing the port (SO_REUSEPORT); default: CPU count.")  # fmt: skip
+@_opt("--metrics-port", default=_D.metrics_port, type=click.IntRange(0, 65535),
+      help="/metrics, /healthz, /readyz for the whole group (all workers); 0: off.")  # fmt: skip
+@_opt("--metrics-host", default=_D.metrics_host,
+      help="Address of the metrics endpoint (0.0.0.0 for Prometheus in a cluster).")  # fmt: skip
 @_opt("--subject-prefix", default=_D.subject_prefix,
       help="Room R's blobs arrive on PREFIX.R (as ingest publishes them).")  # fmt: skip
 @_opt("--max-viewers", default=_D.max_viewers, type=click.IntRange(min=1),
@@ -72,9 +76,11 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
     Each worker process holds its own viewers and rooms and subscribes a room's NATS subject
     while the room has a local viewer. Every blob is framed once and the same bytes are written
     to every viewer of the room. Viewers send {"type":"join"|"leave","room":R} or
-    {"type":"ping"}. Also serves GET /healthz, /readyz (503 while draining or NATS is down) and
-    /metrics (Prometheus, per worker). SIGTERM drains: no new viewers, /readyz 503, viewers
-    closed with 1012 over --drain-seconds, exit 0. See docs/protocol.md for close codes.
+    {"type":"ping"}. The viewer port also answers GET /healthz and /readyz (this worker: 503
+    while draining or NATS is down). On --metrics-port: /metrics (Prometheus, every worker's
+    series with a `worker` label), /healthz and /readyz for the whole group. SIGTERM drains: no
+    new viewers, /readyz 503, viewers closed with 1012 over --drain-seconds, exit 0. See
+    docs/protocol.md for close codes and docs/operations.md for metrics.
 
     \b
     Each worker raises its soft open-files limit to the hard one and fits --max-viewers,
@@ -82,12 +88,12 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
     dropped after --handshake-timeout-s (or --handshake-idle-s of silence).
     """
     from roomcast.core.logs import setup_logging
-    from roomcast.gateway.worker import run_worker, supervise
+    from roomcast.gateway.worker import run_single, supervise
 
     setup_logging(log_level, log_format)
     cfg = GatewayConfig(**options)  # type: ignore[arg-type]
     if cfg.workers == 1:
-        run_worker(cfg, 0, log_level, log_format)
+        run_single(cfg, log_level, log_format)
         return
     if cfg.port == 0:
         raise click.BadParameter(

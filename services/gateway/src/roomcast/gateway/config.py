@@ -14,6 +14,8 @@ class GatewayConfig:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = os.cpu_count() or 1
+    metrics_port: int = 9465  # the group's /metrics, /healthz, /readyz; 0: off
+    metrics_host: str = "127.0.0.1"
     subject_prefix: str = SUBJECT_PREFIX
     max_viewers: int = 15_000  # per worker; the open-files limit (20,000 here) is the ceiling
     max_connects_per_s: float = 2_000.0  # per worker; over it: 503 + Retry-After before upgrade
@@ -34,3 +36,4 @@ class GatewayConfig:
     compress_min_bytes: int = 256  # smaller blobs go plain to everyone
     backlog: int = 4096
     reuse_port: bool = False  # set by the supervisor when several workers share the port
+    control_dir: str = ""  # set by the launcher: where workers hand over their metrics

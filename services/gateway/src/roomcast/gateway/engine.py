@@ -15,8 +15,6 @@ import logging
 import time
 from typing import Any
 
-from prometheus_client import generate_latest
-
 from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode
 from roomcast.gateway import metrics
@@ -42,6 +40,7 @@ class Gateway:
             cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}"
         )
         self.draining = False
+        self.started = False  # the feed connected once: viewers may join
         self._batch: list[tuple[str, bytes]] = []
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -52,6 +51,7 @@ class Gateway:
 
     async def connect(self) -> None:
         await self.feed.start(self.on_blob)
+        self.started = True
 
     @property
     def ready(self) -> bool:
@@ -105,6 +105,8 @@ class Gateway:
         """Why a new viewer must be refused before the upgrade, or None to accept."""
         if self.draining:
             return "draining"
+        if not self.started:
+            return "starting"
         if len(self.hub.viewers) >= self.cfg.max_viewers:
             return "worker_full"
         now = time.monotonic()
@@ -184,6 +186,7 @@ class Gateway:
             now = time.monotonic()
             hub = self.hub
             metrics.HANDSHAKES.set(len(hub.handshaking))
+            metrics.READY.set(1 if self.ready else 0)
             late = hub.overdue_handshakes(now, cfg.handshake_timeout_s, cfg.handshake_idle_s)
             if late:
                 metrics.REJECTED.labels("handshake_timeout").inc(len(late))
@@ -208,6 +211,7 @@ class Gateway:
     async def drain(self) -> None:
         """Close every viewer with 1012, paced over drain_seconds (no reconnect stampede)."""
         self.draining = True
+        metrics.READY.set(0)
         viewers = list(self.hub.viewers)
         log.info("draining", extra={"viewers": len(viewers), "seconds": self.cfg.drain_seconds})
         ticks = max(1, int(self.cfg.drain_seconds * 10))
@@ -236,7 +240,9 @@ class Gateway:
             if self.ready:
                 return 200, b"ready\n", "text/plain"
             why = "draining" if self.draining else "NATS not connected"
+            if not self.started:
+                why = "starting: NATS not connected yet"
             return 503, f"not ready: {why}\n".encode(), "text/plain"
-        if path == "/metrics":
-            return 200, generate_latest(metrics.REGISTRY), "text/plain; version=0.0.4"
+        if path == "/metrics":  # never on the public port
+            return 404, b"not here: metrics are on --metrics-port\n", "text/plain"
         return 404, b"not found: viewers connect to /ws?room=ROOM\n", "text/plain"

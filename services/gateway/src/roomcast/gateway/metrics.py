@@ -1,16 +1,35 @@
 """Gateway metrics, named once. Counted per blob or per connection, never per viewer per frame.
 
-Each worker process serves its own registry on /metrics; with several workers behind one port a
-scrape sees one worker at a time, so scrape each pod's workers or sum over `worker` (a label on
-every series).
+Each worker keeps its own registry and hands it over a private Unix socket; one HTTP endpoint per
+process group (`--metrics-port`, off the viewer port) merges every worker's series and adds a
+`worker` label, so a scrape sees the whole group and `sum without (worker)` gives the totals.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import socket
+from collections.abc import Iterator, Sequence
 
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # no `_created` series: nothing reads them, every scrape would carry them
 REGISTRY = CollectorRegistry()
 
+READY = Gauge(
+    "roomcast_gateway_ready",
+    "1 while the worker takes viewers (NATS connected, not draining)",
+    registry=REGISTRY,
+)
 VIEWERS = Gauge("roomcast_gateway_viewers", "Open viewer connections", registry=REGISTRY)
 ROOMS = Gauge("roomcast_gateway_rooms", "Rooms with at least one local viewer", registry=REGISTRY)
 FRAMES_SENT = Counter(
@@ -75,3 +94,57 @@ CLOSES = Counter(
     "roomcast_gateway_closes_total", "Viewer connections closed by the gateway, by code",
     ["code"], registry=REGISTRY,
 )  # fmt: skip
+
+
+def worker_text() -> bytes:
+    """This worker's series, as the group's endpoint asks for them."""
+    return generate_latest(REGISTRY)
+
+
+def fetch(path: str, timeout: float = 2.0) -> str | None:
+    """One worker's series over its socket; None if it does not answer in time (or is gone)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout)
+            sock.connect(path)
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    return b"".join(chunks).decode()
+
+
+class Merged(Collector):
+    """Several workers' series as one: every sample gets its worker's `worker` label."""
+
+    def __init__(self, sources: Sequence[tuple[str, str]]) -> None:
+        self.sources = sources
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        for worker, text in self.sources:
+            for family in text_string_to_metric_families(text):
+                out = families.get(family.name)
+                if out is None:
+                    out = Metric(family.name, family.documentation, family.type)
+                    families[family.name] = out
+                for s in family.samples:
+                    out.add_sample(s.name, {**s.labels, "worker": worker}, s.value, s.timestamp)
+        yield from families.values()
+
+
+def group_text(sources: Sequence[tuple[str, str]]) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Merged(sources))
+    return generate_latest(registry)
+
+
+def ready_value(text: str) -> bool:
+    for family in text_string_to_metric_families(text):
+        if family.name == "roomcast_gateway_ready":
+            return any(s.value == 1 for s in family.samples)
+    return False

@@ -9,14 +9,19 @@ import logging
 import multiprocessing
 import os
 import resource
+import shutil
 import signal
+import tempfile
 import time
+from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 
 from roomcast.core.logs import setup_logging
+from roomcast.gateway import metrics
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
 from roomcast.gateway.engine import Gateway
+from roomcast.gateway.probes import GroupEndpoint, socket_path
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -56,6 +61,15 @@ def raise_open_files_limit(cfg: GatewayConfig) -> GatewayConfig:
     return cfg
 
 
+class _MetricsHandover(asyncio.Protocol):
+    """Answers the group endpoint: this worker's series, then close. Runs on the event loop,
+    so a worker whose loop is stuck does not answer (and the probes say so)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(metrics.worker_text())  # type: ignore[attr-defined]
+        transport.close()
+
+
 def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
     """Anything that escapes a callback is logged, never lost, and never stops the worker."""
     exc = context.get("exception")
@@ -75,7 +89,15 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(cfg, worker_id)
-    await gw.connect()
+    # Listen first: probes answer (readyz 503: NATS not connected) while NATS is unreachable,
+    # and SIGTERM stops a worker that is still waiting for it.
+    handover = None
+    if cfg.control_dir:  # hand our series to the group's endpoint over a private socket
+        path = socket_path(cfg.control_dir, worker_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        # Kept referenced: uvloop closes a listening server that is garbage-collected.
+        handover = await loop.create_unix_server(_MetricsHandover, path)
     server = await loop.create_server(
         lambda: Viewer(gw),
         cfg.host,
@@ -84,21 +106,31 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
         reuse_port=cfg.reuse_port or None,
     )
     housekeeping = asyncio.create_task(gw.housekeeping())
-    log.info(
-        "gateway worker listening",
-        extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "worker": worker_id, "pid": os.getpid()},
-    )
-    await stop.wait()
+    connecting = asyncio.create_task(gw.connect())
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    if connecting.done():
+        connecting.result()  # could not connect at all: exit with the error (restarted)
+        log.info(
+            "gateway worker listening",
+            extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "worker": worker_id,
+                   "pid": os.getpid()},
+        )  # fmt: skip
+        await stopping
+    else:
+        connecting.cancel()
     # Drain: the port stays open so /readyz can say 503 and new viewers get 503 (go elsewhere).
     await gw.drain()
     server.close()
+    if handover is not None:
+        handover.close()
     housekeeping.cancel()
     await gw.close()
     log.info("gateway worker stopped", extra={"worker": worker_id})
 
 
 def run_worker(cfg: GatewayConfig, worker_id: int, log_level: str, log_format: str) -> None:
-    """Entry point of one worker process."""
+    """Entry point of one worker process (under `supervise`, or alone)."""
     import uvloop
 
     setup_logging(log_level, log_format)
@@ -106,12 +138,51 @@ def run_worker(cfg: GatewayConfig, worker_id: int, log_level: str, log_format: s
         uvloop.run(serve(cfg, worker_id))
 
 
+def run_single(cfg: GatewayConfig, log_level: str, log_format: str) -> None:
+    """One worker in this process, with the group endpoint on a thread of its own."""
+    with _control_dir(cfg) as cfg:
+        endpoint = _endpoint(cfg, 1)
+        try:
+            run_worker(cfg, 0, log_level, log_format)
+        finally:
+            if endpoint is not None:
+                endpoint.stop()
+
+
+@contextlib.contextmanager
+def _control_dir(cfg: GatewayConfig) -> Iterator[GatewayConfig]:
+    """A private directory for the workers' metrics sockets (none without --metrics-port)."""
+    if not cfg.metrics_port:
+        yield cfg
+        return
+    path = tempfile.mkdtemp(prefix="roomcast-gateway-")
+    try:
+        yield dataclasses.replace(cfg, control_dir=path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _endpoint(cfg: GatewayConfig, workers: int) -> GroupEndpoint | None:
+    if not cfg.metrics_port:
+        return None
+    return GroupEndpoint(cfg.metrics_host, cfg.metrics_port, cfg.control_dir, workers).start()
+
+
 def supervise(cfg: GatewayConfig, log_level: str, log_format: str) -> int:
     """Run cfg.workers processes on one port (SO_REUSEPORT); restart any that dies.
 
     SIGTERM/SIGINT are passed to every worker, which drain; returns when all have exited.
     """
-    cfg = dataclasses.replace(cfg, reuse_port=True)
+    with _control_dir(dataclasses.replace(cfg, reuse_port=True)) as cfg:
+        endpoint = _endpoint(cfg, cfg.workers)
+        try:
+            return _supervise(cfg, log_level, log_format)
+        finally:
+            if endpoint is not None:
+                endpoint.stop()
+
+
+def _supervise(cfg: GatewayConfig, log_level: str, log_format: str) -> int:
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
