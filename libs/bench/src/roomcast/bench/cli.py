@@ -183,7 +183,7 @@ def _run(
 
 @click.group()
 def bench() -> None:
-    """Measure roomcast's speed: fanout, connect, ingest, e2e.
+    """Measure roomcast's speed: fanout, connect, ingest, e2e; and fuzz a live gateway.
 
     Each scenario is bounded in time, uses loopback only, starts the brokers and servers it
     needs and stops them. Set ROOMCAST_NATS / ROOMCAST_KAFKA to use running brokers instead.
@@ -195,6 +195,7 @@ def bench() -> None:
       roomcast bench connect --viewers 10000,50000 --workers 4
       roomcast bench ingest --events 200000
       roomcast bench e2e --viewers 2000 --rate 2000 --plot latency.png
+      roomcast bench fuzz --cases 100000 --json fuzz.json
     """
 
 
@@ -377,7 +378,7 @@ def _indexes(ctx: click.Context, param: click.Parameter, value: str | None) -> l
 @click.option(
     "--concurrency",
     type=click.IntRange(1, 2000),
-    default=50,
+    default=100,
     show_default=True,
     help="Cases playing at once.",
 )

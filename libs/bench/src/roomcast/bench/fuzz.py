@@ -167,9 +167,10 @@ class Case:
     """One case: a script of steps over one socket, and how it ends.
 
     Steps: ("send", bytes); ("drip", bytes, chunk, delay_s): sent `chunk` bytes at a time;
-    ("read", seconds): read what comes; ("shut",): shutdown(SHUT_WR); ("expect",): a valid case
-    waits for all its answers (`expect`). Ends: "close" (FIN), "rst" (SO_LINGER 0), "drain" (read
-    until the server closes, at most 1 s, then FIN).
+    ("read", seconds): read what comes; ("read101",): read until the end of the HTTP answer;
+    ("shut",): shutdown(SHUT_WR); ("expect",): a valid case waits for all its answers (`expect`).
+    Ends: "close" (FIN), "rst" (SO_LINGER 0), "drain" (read until the server closes, at most
+    0.25 s, then FIN).
     """
 
     index: int
@@ -559,11 +560,28 @@ class _Builder:
         return kind, make()
 
     def cat_poison(self) -> None:
-        """A violation, then valid joins, in ONE write: the gateway reads them in one go."""
+        """A violation, then valid joins, in ONE write: the gateway reads them in one go. The
+        violation is a frame on an open connection, or (one case in four) an HTTP request the
+        gateway answers without upgrading, the joins' frames right behind it."""
+        joins = b"".join(self.join() for _ in range(self.r.randrange(1, 4)))
+        if self.r.random() < 0.25:
+            req = self.request([self.room()])
+            kind, data = self.r.choice(
+                [
+                    ("GET /healthz", self.request(path="/healthz")),
+                    ("404", self.request(path="/nope")),
+                    ("400 bad room", self.request(path="/ws?room=a.b")),
+                    ("400 bad key", req.replace(b"Sec-WebSocket-Key: ", b"Sec-WebSocket-Key: x")),
+                    ("426 no upgrade", req.replace(b"Upgrade: websocket\r\n", b"")),
+                ]
+            )
+            self.kind = f"{kind} + join"
+            self.steps.append(("send", data + joins))
+            self.invalid_end()
+            return
         kind, bad = self.violation()
         self.kind = f"{kind} + join"
         self.opened()
-        joins = b"".join(self.join() for _ in range(self.r.randrange(1, 4)))
         before = b"".join(self.join() for _ in range(self.r.choice([0, 0, 1])))
         self.steps.append(("send", before + bad + joins))
         self.invalid_end()
@@ -931,6 +949,12 @@ def _server_messages(data: bytes) -> tuple[int | None, list[str]]:
     return status, labels
 
 
+# A "drain" end reads until the gateway closes, at most this long. After a protocol error the
+# gateway sends its close frame and waits for the client's (up to its close timeout): a case that
+# never answers it would otherwise hold its slot for seconds.
+_DRAIN_S = 0.25
+
+
 class CaseError(Exception):
     """A valid case did not get the answers the protocol promises."""
 
@@ -1001,9 +1025,9 @@ async def play(case: Case, port: int, source: str, answer_timeout: float) -> str
             outcome = "server closed first"
         if case.end == "drain":
             with contextlib.suppress(OSError):
-                await read_for(1.0)
+                await read_for(_DRAIN_S)
             if not eof:
-                outcome = "not closed by server within 1 s"
+                outcome = "still open after the drain"
         elif case.end == "rst":
             sock.setsockopt(
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
@@ -1108,14 +1132,14 @@ class GoodViewer(asyncio.Protocol):
 class Options:
     cases: int = 100_000
     seed: int = 1
-    concurrency: int = 50
+    concurrency: int = 100
     batch: int = 200
     good_viewers: int = 8
     rooms: int = 4
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES))
     replay: list[int] | None = None
     max_failures: int = 5
-    max_seconds: float = 600.0
+    max_seconds: float = 900.0
     triage: bool = True
     handshake_timeout_s: float = 5.0
     rss_slack_mib: float = 48.0
@@ -1263,6 +1287,7 @@ class Fuzzer:
         self.rooms = [f"fz{i}" for i in range(opts.rooms)]
         ht = opts.handshake_timeout_s
         self.stall_check = any(not CATEGORIES[c] for c in opts.categories) and ht > 0
+        self.stall_enabled = self.stall_check
         self.has_ht = self.stall_check and _supports_handshake_timeout()
         extra = tuple(opts.gateway_args)
         if self.has_ht:
@@ -1654,7 +1679,8 @@ class Fuzzer:
             "failures": len(self.failures),
             "failure_list": [f.to_json(self.o.seed, self.o.categories) for f in self.failures],
             "gateway_starts": self.gw.starts,
-            "handshake_timeout_s": self.o.handshake_timeout_s if self.stall_check else None,
+            "handshake_timeout_s": self.o.handshake_timeout_s if self.stall_enabled else None,
+            "gateway_has_handshake_timeout": self.has_ht,
             "stalled_handshakes": self.stall_results,
             "fds_before": self.fds_before,
             "fds_after": fds_after,
