@@ -553,6 +553,8 @@ def fuzz(
             click.echo(f"  culprit ({f['culprit_note']}):\n  {f['culprit']['script'][:1500]}")
         elif f["culprit_note"]:
             click.echo(f"  {f['culprit_note']}")
+        for also in f["also"]:
+            click.echo(f"  also ({also['note'][:300]}):\n  {also['case']['script'][:600]}")
         if f["replay"]:
             click.echo(f"  replay: {f['replay']}")
         if f["gateway_log_tail"]:

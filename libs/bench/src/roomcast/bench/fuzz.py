@@ -1157,6 +1157,7 @@ class Failure:
     culprit: Case | None = None
     culprit_note: str = ""
     log_tail: str = ""
+    also: list[tuple[Case, str]] = field(default_factory=list)  # broke another check alone
 
     def to_json(self, seed: int, categories: list[str]) -> dict[str, Any]:
         only = ",".join(categories)
@@ -1167,6 +1168,7 @@ class Failure:
             "suspect_cases": [c.index for c in self.cases],
             "culprit": self.culprit.to_json() if self.culprit else None,
             "culprit_note": self.culprit_note,
+            "also": [{"case": c.to_json(), "note": n} for c, n in self.also],
             "gateway_log_tail": self.log_tail,
         }
         target = [self.culprit.index] if self.culprit else [c.index for c in self.cases]
@@ -1567,12 +1569,16 @@ class Fuzzer:
         return check, problems
 
     async def _triage(self, failure: Failure) -> None:
-        """Replay the suspects one at a time on a healthy gateway until one breaks it, then
-        confirm that one alone on a fresh gateway."""
+        """Replay the suspects one at a time on a healthy gateway until one breaks it, and
+        confirm it alone on a fresh gateway. A case that breaks a different check than the
+        batch did is noted (`also`) and the search goes on, at most three times."""
         started = time.monotonic()
         for i, case in enumerate(failure.cases):
             if time.monotonic() - started > 120:
-                failure.culprit_note = f"triage gave up after {i} of {len(failure.cases)} cases"
+                failure.culprit_note = (
+                    failure.culprit_note
+                    or f"triage gave up after {i} of {len(failure.cases)} cases"
+                )
                 return
             self.progress(f"[fuzz] triage: replaying suspect {i + 1}/{len(failure.cases)}")
             check, _ = await self._replay_one(case)
@@ -1580,23 +1586,25 @@ class Fuzzer:
                 continue
             await self._restart()
             check, problems = await self._replay_one(case)
-            failure.culprit = case
-            if check:
-                failure.culprit_note = (
-                    f"alone on a fresh gateway it fails '{check}': " + " | ".join(problems)[:600]
-                )
-                failure.log_tail = self.gw.log_tail(25) or failure.log_tail
-                await self._restart()
-            else:
-                failure.culprit_note = (
+            if not check:
+                note = (
                     f"fails after suspects {[c.index for c in failure.cases[:i]]} but not alone "
                     "on a fresh gateway: replay those with it"
                 )
-            return
+            else:
+                note = f"alone on a fresh gateway it fails '{check}': " + " | ".join(problems)[:600]
+                failure.log_tail = self.gw.log_tail(25) or failure.log_tail
+                await self._restart()
+            if check == failure.check or len(failure.also) >= 3 or i == len(failure.cases) - 1:
+                failure.culprit, failure.culprit_note = case, note
+                return
+            failure.also.append((case, note))
         failure.culprit_note = (
             f"none of the {len(failure.cases)} suspects fails alone: the batch's interleaving "
             "matters; replay the whole batch"
         )
+        if failure.also:  # the closest we have
+            failure.culprit, failure.culprit_note = failure.also.pop()
 
     # -- main --
 
