@@ -183,7 +183,7 @@ def _run(
 
 @click.group()
 def bench() -> None:
-    """Measure roomcast's speed: fanout, connect, ingest, e2e.
+    """Measure roomcast's speed: fanout, connect, ingest, e2e; and fuzz a live gateway.
 
     Each scenario is bounded in time, uses loopback only, starts the brokers and servers it
     needs and stops them. Set ROOMCAST_NATS / ROOMCAST_KAFKA to use running brokers instead.
@@ -195,6 +195,7 @@ def bench() -> None:
       roomcast bench connect --viewers 10000,50000 --workers 4
       roomcast bench ingest --events 200000
       roomcast bench e2e --viewers 2000 --rate 2000 --plot latency.png
+      roomcast bench fuzz --cases 100000 --json fuzz.json
     """
 
 
@@ -401,3 +402,219 @@ def e2e(
                     c, b.kafka, b.nats, rooms, rate, window_ms, partitions, compress == "on"
                 ),
             )
+
+
+def _categories(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    from roomcast.bench.fuzz import parse_categories
+
+    try:
+        return parse_categories(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _indexes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise click.BadParameter("expected case numbers separated by commas") from None
+
+
+@bench.command()
+@click.option(
+    "--cases",
+    type=click.IntRange(1),
+    default=100_000,
+    show_default=True,
+    help="Cases to play (case i depends only on --seed and i).",
+)
+@click.option("--seed", type=int, default=1, show_default=True, help="Seed of the run.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 2000),
+    default=100,
+    show_default=True,
+    help="Cases playing at once.",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1),
+    default=200,
+    show_default=True,
+    help="Cases between two checks.",
+)
+@click.option(
+    "--good-viewers",
+    type=click.IntRange(1, 1000),
+    default=8,
+    show_default=True,
+    help="Well-behaved viewers connected the whole run, spread over the rooms.",
+)
+@click.option(
+    "--rooms",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Rooms the cases join and the good viewers watch.",
+)
+@click.option(
+    "--only",
+    "categories",
+    default="all",
+    show_default=True,
+    callback=_categories,
+    help="Case categories: 'all', 'valid' (the protocol-valid ones), names separated "
+    "by commas, or 'all,-NAME' to leave one out. Names: valid, burst, slow, "
+    "fragmented, handshake, frames, control, fragments, utf8, messages, poison, "
+    "abrupt, mutated.",
+)
+@click.option(
+    "--replay",
+    callback=_indexes,
+    metavar="I,J,...",
+    help="Play only these case numbers (same --seed and --only), each checked alone.",
+)
+@click.option(
+    "--max-failures",
+    type=click.IntRange(1),
+    default=5,
+    show_default=True,
+    help="Stop after this many failed checks (each is narrowed down to one case).",
+)
+@click.option(
+    "--max-seconds",
+    type=click.FloatRange(5, 7200),
+    default=900,
+    show_default=True,
+    help="Stop after this long, whatever is left.",
+)
+@click.option(
+    "--triage/--no-triage",
+    default=True,
+    show_default=True,
+    help="After a failure, replay the batch's suspects one by one on a fresh gateway.",
+)
+@click.option(
+    "--handshake-timeout-s",
+    type=click.FloatRange(0),
+    default=5,
+    show_default=True,
+    help="Handshakes left unfinished must be closed within this (+2 s); passed to the "
+    "gateway as --handshake-timeout-s when it has that option. 0: not checked.",
+)
+@click.option(
+    "--rss-slack-mib",
+    type=click.FloatRange(1),
+    default=48,
+    show_default=True,
+    help="RSS growth over the warmed-up baseline counted as a leak.",
+)
+@click.option(
+    "--gateway-arg",
+    "gateway_args",
+    multiple=True,
+    metavar="ARG",
+    help="Extra argument for `roomcast gateway` (repeat for several).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the figures and every failure (with its case's bytes) here.",
+)
+@click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Broker data and process logs (default: a temporary directory).",
+)
+def fuzz(
+    cases: int,
+    seed: int,
+    concurrency: int,
+    batch: int,
+    good_viewers: int,
+    rooms: int,
+    categories: list[str],
+    replay: list[int] | None,
+    max_failures: int,
+    max_seconds: float,
+    triage: bool,
+    handshake_timeout_s: float,
+    rss_slack_mib: float,
+    gateway_args: tuple[str, ...],
+    json_path: Path | None,
+    state_dir: Path | None,
+) -> None:
+    """Socket-level fuzzing of a live gateway while good viewers stay connected.
+
+    Plays CASES short byte scripts over raw sockets against one `roomcast gateway --workers 1`:
+    valid, mutated and random handshakes, bad frames and fragment sequences, control frames,
+    huge lengths, violations followed by a join in the same write, many messages in one write,
+    half-closes, resets and slow senders. After every batch: each good viewer got every blob
+    in order, the worker is alive and answers /healthz, its descriptors and RSS are flat, and
+    unfinished handshakes get closed. Exits 1 if any check failed; each failure names the
+    seed and the case that breaks the gateway, with its bytes, and how to replay it.
+
+    \b
+    Examples:
+      roomcast bench fuzz --cases 100000 --json fuzz.json
+      roomcast bench fuzz --cases 5000 --only valid
+      roomcast bench fuzz --seed 7 --only all --replay 1234
+    """
+    from roomcast.bench import fuzz as fz
+
+    opts = fz.Options(
+        cases=cases,
+        seed=seed,
+        concurrency=concurrency,
+        batch=batch,
+        good_viewers=good_viewers,
+        rooms=rooms,
+        categories=categories,
+        replay=replay,
+        max_failures=max_failures,
+        max_seconds=max_seconds,
+        triage=triage,
+        handshake_timeout_s=handshake_timeout_s,
+        rss_slack_mib=rss_slack_mib,
+        gateway_args=gateway_args,
+    )
+    results: list[dict[str, Any]] = []
+
+    def body(c: scenarios.Common, b: Any) -> dict[str, Any]:
+        result = fz.run(opts, b.nats, c.state_dir, c.progress)
+        results.append(result)
+        return result
+
+    with _run(
+        "fuzz",
+        viewers=[good_viewers],
+        duration_s=max_seconds,
+        workers=1,
+        state_dir=state_dir,
+        json_path=json_path,
+        plot_path=None,
+        kafka=False,
+    ) as one:
+        one(good_viewers, body)
+    result = results[0]
+    click.echo(
+        "cases by category: " + ", ".join(f"{k} {v:,}" for k, v in result["by_category"].items())
+    )
+    for f in result["failure_list"]:
+        click.echo(f"\nFAILED after batch {f['batch']}: {f['check']}\n  {f['detail'][:1500]}")
+        if f["culprit"]:
+            click.echo(f"  culprit ({f['culprit_note']}):\n  {f['culprit']['script'][:1500]}")
+        elif f["culprit_note"]:
+            click.echo(f"  {f['culprit_note']}")
+        for also in f["also"]:
+            click.echo(f"  also ({also['note'][:300]}):\n  {also['case']['script'][:600]}")
+        if f["replay"]:
+            click.echo(f"  replay: {f['replay']}")
+        if f["gateway_log_tail"]:
+            tail = "\n    ".join(f["gateway_log_tail"].splitlines()[-12:])
+            click.echo(f"  gateway log:\n    {tail}")
+    if result["failures"]:
+        raise SystemExit(1)

@@ -60,6 +60,20 @@ _ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("lost", "events lost", "{:,}"),
         ("duplicated", "events duplicated", "{:,}"),
     ],
+    "fuzz": [
+        ("cases", "cases run", "{:,}"),
+        ("seed", "seed", "{}"),
+        ("cases_per_s", "cases/s", "{:,.0f}"),
+        ("concurrency", "cases at once", "{}"),
+        ("good_viewers", "good viewers", "{}"),
+        ("blobs_checked", "blob deliveries checked", "{:,}"),
+        ("gateway_starts", "gateway starts", "{}"),
+        ("fds_before", "gateway descriptors before", "{:,}"),
+        ("fds_after", "gateway descriptors after", "{:,}"),
+        ("rss_mib_before", "gateway RSS before", "{:.1f} MiB"),
+        ("rss_mib_after", "gateway RSS after", "{:.1f} MiB"),
+        ("failures", "failures", "{:,}"),
+    ],
 }
 
 
