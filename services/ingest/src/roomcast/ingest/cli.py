@@ -43,6 +43,8 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
       help="Blobs JetStream keeps per room.")  # fmt: skip
 @_opt("--history-age-s", default=_D.history_age_s, type=click.FloatRange(min=1),
       help="How long JetStream keeps a blob, in seconds.")  # fmt: skip
+@_opt("--stream-replicas", default=_D.stream_replicas, type=click.IntRange(1, 5),
+      help="Replicas of the stream's data in a NATS cluster (1 for a single server).")  # fmt: skip
 @_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
       help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
 @_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),
@@ -50,7 +52,9 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 @_opt("--fetch-max-wait-ms", default=_D.fetch_max_wait_ms, type=click.IntRange(min=0),
       help="How long Kafka holds a fetch for new data (the leading edge's floor).")  # fmt: skip
 @_opt("--metrics-port", default=_D.metrics_port, type=click.IntRange(min=0),
-      help="Prometheus metrics on this port (0: off).")  # fmt: skip
+      help="Prometheus /metrics and the liveness /healthz on this port (0: off).")  # fmt: skip
+@_opt("--stall-timeout-s", default=_D.stall_timeout_s, type=click.FloatRange(min=1),
+      help="/healthz answers 503 once the consume loop has not turned for this long.")  # fmt: skip
 @_opt("--log-format", default="text", type=click.Choice(["text", "json"]), help="Log lines for "
       "people (text) or machines (json).")  # fmt: skip
 @_opt("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -80,15 +84,18 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
 async def _main(config: IngestConfig) -> None:
     from roomcast.ingest.worker import IngestWorker
 
+    worker = IngestWorker(config)
     if config.metrics_port:
-        from prometheus_client import start_http_server
+        from roomcast.ingest import health
 
-        start_http_server(config.metrics_port, config.metrics_host)
+        health.serve(
+            config.metrics_port, config.metrics_host, lambda: worker.last_turn,
+            config.stall_timeout_s,
+        )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = IngestWorker(config)
     try:
         await worker.run(stop)
     except OSError as exc:

@@ -88,6 +88,7 @@ class IngestWorker:
         self._js: Any = None
         self._dlq_pending: set[asyncio.Future[Any]] = set()
         self._closing = False
+        self.last_turn: float | None = None  # monotonic time of the loop's last turn (/healthz)
 
     # ---- start / stop -------------------------------------------------------------------------
 
@@ -130,6 +131,7 @@ class IngestWorker:
             max_msgs_per_subject=self.cfg.history_msgs,
             max_age=self.cfg.history_age_s,
             duplicate_window=self.cfg.duplicate_window_s,
+            num_replicas=self.cfg.stream_replicas,
         )
         try:
             await self._js.stream_info(self.cfg.stream)
@@ -225,6 +227,7 @@ class IngestWorker:
             wait_ms = 50 if due is None else max(0, min(50, int((due - now) * 1000) + 1))
             batches = await consumer.getmany(timeout_ms=wait_ms)
             now = time.monotonic()
+            self.last_turn = now
             for tp, records in batches.items():
                 await self._take(tp.partition, records, now)
             for blob in window.due(now):
