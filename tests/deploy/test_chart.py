@@ -404,3 +404,22 @@ def test_every_variable_the_chart_sets_is_an_option(component: str) -> None:
         assert option not in options_of(component), (
             f"--{option} now exists: remove it from AHEAD in {__file__}"
         )
+
+
+def test_the_worked_values_in_docs_deploy_render(tmp_path: Path) -> None:
+    """docs/deploy.md's `# roomcast values` examples (Strimzi, the NATS chart) stay valid."""
+    doc = (CHART.parents[1] / "docs" / "deploy.md").read_text()
+    blocks = [b for b in re.findall(r"```yaml\n(.*?)```", doc, re.S) if "# roomcast values" in b]
+    assert len(blocks) == 2, "the Strimzi and NATS examples"
+    files = []
+    for n, block in enumerate(blocks):
+        path = tmp_path / f"example-{n}.yaml"
+        path.write_text(block)
+        files.append(path)
+        validate(render(values=[path]))
+    docs = render("nats.urlSecret.name=roomcast-nats", values=files)
+    validate(docs)
+    assert config_data(docs, "ingest")["ROOMCAST_INGEST_KAFKA"] == (
+        "events-kafka-bootstrap.kafka.svc:9092"
+    )
+    assert config_data(docs, "ingest")["ROOMCAST_INGEST_STREAM_REPLICAS"] == "3"
