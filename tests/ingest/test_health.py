@@ -1,4 +1,4 @@
-"""The ingest worker's /healthz fails once its consume loop stops turning (a liveness probe's job)."""
+"""The ingest worker's /healthz fails once its consume loop stops turning (for liveness)."""
 
 from __future__ import annotations
 
