@@ -50,7 +50,7 @@ test-fast: setup  ## the pure core only (no brokers), in well under a second
 
 test-deploy: setup $(HELM) $(COMPOSECHECK)  ## chart, images and compose file; installs the chart into podman
 	ROOMCAST_HELM=$(abspath $(HELM)) ROOMCAST_COMPOSECHECK=$(abspath $(COMPOSECHECK)) UV=$(abspath $(UV)) \
-	  $(UV) run pytest tests/deploy -v
+	  $(UV) run pytest tests/deploy -v --durations=8
 
 bench-smoke: setup  ## every `roomcast bench` scenario at tiny scale (tests/bench)
 	$(UV) run pytest tests/bench/test_bench_smoke.py -q

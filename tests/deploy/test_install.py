@@ -36,6 +36,9 @@ from roomcast.core.protocol import message_type
 from tests.deploy.tools import ROOT, missing, render
 from tests.support import free_port, unique
 
+# A cold first build (the base image from Debian packages, every dependency downloaded) is slow.
+pytestmark = pytest.mark.timeout(1200)
+
 TAG = "0.1.0"  # the chart's appVersion: its defaults find the images `make image` builds
 DRAIN_S = 2.0
 VIEWERS = 60  # more than the drain's 20 ticks, so the closes are visibly paced
