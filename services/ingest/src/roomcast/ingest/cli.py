@@ -19,6 +19,21 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 
 @click.command()
 @_opt("--kafka", default=_D.kafka, help="Kafka bootstrap servers, HOST:PORT[,...].")
+@_opt("--kafka-security-protocol", default=_D.kafka_security_protocol,
+      type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+      help="How to reach Kafka: plain, TLS, SASL login, or SASL over TLS.")  # fmt: skip
+@_opt("--kafka-sasl-mechanism", default=_D.kafka_sasl_mechanism,
+      type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+      help="SASL mechanism (with SASL_PLAINTEXT / SASL_SSL).")  # fmt: skip
+@_opt("--kafka-sasl-username", default=_D.kafka_sasl_username, help="SASL user name.")
+@_opt("--kafka-sasl-password", default=_D.kafka_sasl_password,
+      help="SASL password: set it in the environment, not on the command line.")  # fmt: skip
+@_opt("--kafka-ca-file", default=_D.kafka_ca_file,
+      help="CA certificate(s) (PEM) the brokers' TLS certificates are checked against; "
+      "empty: the system's CAs.")  # fmt: skip
+@_opt("--kafka-cert-file", default=_D.kafka_cert_file,
+      help="Client certificate (PEM) for mutual TLS, with --kafka-key-file.")  # fmt: skip
+@_opt("--kafka-key-file", default=_D.kafka_key_file, help="Client key (PEM) for mutual TLS.")
 @_opt("--nats", default=_D.nats, help="NATS server URL(s), comma-separated.")
 @_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq.")
 @_opt("--group", default=_D.group, help="Kafka consumer group: workers in it share partitions.")
@@ -73,6 +88,12 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
     """
     setup_logging(log_level, log_format)
     config = IngestConfig(**options)  # type: ignore[arg-type]
+    from roomcast.ingest.kafka_auth import client_options
+
+    try:
+        client_options(config)  # fail now, saying why, not on the first connection
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         import uvloop
 

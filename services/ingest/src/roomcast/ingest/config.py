@@ -12,6 +12,13 @@ from roomcast.core.rooms import SUBJECT_PREFIX
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
     kafka: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL (kafka_auth.py)
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ca_file: str = ""  # the brokers' CA (PEM); empty: the system's CAs
+    kafka_cert_file: str = ""  # client certificate and key (PEM) for mutual TLS
+    kafka_key_file: str = ""
     nats: str = "nats://127.0.0.1:4222"
     topic: str = "roomcast.events"
     group: str = "roomcast-ingest"

@@ -29,6 +29,7 @@ from roomcast.core.positions import PartitionOffsets
 from roomcast.core.rooms import all_subjects, room_error, room_subject
 from roomcast.ingest import metrics
 from roomcast.ingest.config import IngestConfig
+from roomcast.ingest.kafka_auth import client_options
 
 log = logging.getLogger("roomcast.ingest")
 
@@ -143,9 +144,11 @@ class IngestWorker:
 
     async def _start_kafka(self, stop: asyncio.Event) -> None:
         delay = 0.5
+        auth = client_options(self.cfg)
         while not stop.is_set():
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.cfg.kafka,
+                **auth,
                 group_id=self.cfg.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -157,7 +160,7 @@ class IngestWorker:
             )
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.cfg.kafka, acks="all", linger_ms=5,
-                client_id="roomcast-ingest-dlq",
+                client_id="roomcast-ingest-dlq", **auth,
             )  # fmt: skip
             try:
                 await consumer.start()
