@@ -39,6 +39,13 @@ NAMED = {
     "ingest": {
         "kafka": "kafka.bootstrap",
         "topic": "kafka.topic",
+        "kafka-security-protocol": "kafka.securityProtocol",
+        "kafka-sasl-mechanism": "kafka.sasl.mechanism",
+        "kafka-sasl-username": "kafka.sasl.username",
+        "kafka-sasl-password": "kafka.sasl.passwordSecret",  # only from a Secret
+        "kafka-ca-file": "kafka.tls.caSecret",
+        "kafka-cert-file": "kafka.tls.clientSecret",
+        "kafka-key-file": "kafka.tls.clientSecret",
         "nats": "nats.url",
         "subject-prefix": "nats.subjectPrefix",
         "stream": "ingest.stream.name",
@@ -91,6 +98,12 @@ def options_of(component: str) -> dict[str, str]:
 def config_data(docs: list[dict[str, Any]], component: str) -> dict[str, str]:
     data: dict[str, str] = one(docs, "ConfigMap", f"-{component}")["data"]
     return data
+
+
+def env_names(docs: list[dict[str, Any]], component: str) -> list[str]:
+    """The variables set on the component's container itself (from Secrets, extraEnv)."""
+    pod = one(docs, "Deployment", f"-{component}")["spec"]["template"]["spec"]
+    return [e["name"] for e in pod["containers"][0].get("env", [])]
 
 
 def lookup(tree: dict[str, Any], path: str) -> tuple[bool, Any]:
@@ -367,7 +380,8 @@ def test_notes_say_how_to_reach_and_check_the_gateway(tmp_path: Path) -> None:
 def test_every_command_option_is_a_chart_value(component: str) -> None:
     """Drift check: an option added to `roomcast-<component>` fails here until the chart has it."""
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    full = config_data(render(values=[FULL]), component)
+    full_docs = render(values=[FULL])
+    full = set(config_data(full_docs, component)) | set(env_names(full_docs, component))
     readme = (CHART / "README.md").read_text()
     problems = []
     for option, var in sorted(options_of(component).items()):
@@ -377,9 +391,9 @@ def test_every_command_option_is_a_chart_value(component: str) -> None:
             problems.append(f"{where} in helm/roomcast/values.yaml")
         if not schema_has(path):
             problems.append(f"{where} in helm/roomcast/values.schema.json")
-        if f"| `{path}` |" not in readme:
+        if f"| `{path}` |" not in readme and f"| `{path}." not in readme:
             problems.append(f"{where} in helm/roomcast/README.md")
-        if var not in full and option != "nats":  # the NATS URL comes from a Secret there
+        if var not in full:
             problems.append(f"{where}: tests/deploy/values-full.yaml does not render {var}")
     assert not problems, "\n".join(problems)
 
@@ -393,10 +407,7 @@ def test_every_variable_the_chart_sets_is_an_option(component: str) -> None:
     for values in ([], [FULL]):
         docs = render(values=values)
         names = set(config_data(docs, component))
-        container = one(docs, "Deployment", f"-{component}")["spec"]["template"]["spec"][
-            "containers"
-        ][0]
-        names |= {e["name"] for e in container.get("env", []) if e["name"].startswith("ROOMCAST_")}
+        names |= {n for n in env_names(docs, component) if n.startswith("ROOMCAST_")}
         names -= {"ROOMCAST_JWT_KEY"}  # values-full.yaml's extraEnv example, not the chart's own
         stray = names - known - ahead
         assert not stray, f"the chart sets variables roomcast-{component} does not read: {stray}"
@@ -420,6 +431,32 @@ def test_the_worked_values_in_docs_deploy_render(tmp_path: Path) -> None:
     docs = render("nats.urlSecret.name=roomcast-nats", values=files)
     validate(docs)
     assert config_data(docs, "ingest")["ROOMCAST_INGEST_KAFKA"] == (
-        "events-kafka-bootstrap.kafka.svc:9092"
+        "events-kafka-bootstrap.kafka.svc:9093"
     )
     assert config_data(docs, "ingest")["ROOMCAST_INGEST_STREAM_REPLICAS"] == "3"
+
+
+def test_kafka_credentials_come_only_from_secrets_and_are_checked() -> None:
+    docs = render(values=[FULL])
+    data = config_data(docs, "ingest")
+    assert data["ROOMCAST_INGEST_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert data["ROOMCAST_INGEST_KAFKA_SASL_USERNAME"] == "roomcast"
+    assert data["ROOMCAST_INGEST_KAFKA_CA_FILE"] == "/etc/roomcast/kafka-ca/ca.pem"
+    assert data["ROOMCAST_INGEST_KAFKA_KEY_FILE"] == "/etc/roomcast/kafka-client/tls.key"
+    assert "ROOMCAST_INGEST_KAFKA_SASL_PASSWORD" not in data
+    pod = one(docs, "Deployment", "-ingest")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["ROOMCAST_INGEST_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "roomcast",
+        "key": "pw",
+    }
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets["kafka-ca"] == "my-kafka-cluster-ca-cert"
+    assert secrets["kafka-client"] == "roomcast-tls"
+    for bad, says in [
+        (("kafka.securityProtocol=SASL_SSL",), "kafka.sasl.username"),
+        (("kafka.tls.caSecret.name=ca",), "SSL or SASL_SSL"),
+    ]:
+        args = [helm(), "template", "rc", str(CHART)] + [a for b in bad for a in ("--set", b)]
+        proc = subprocess.run(args, capture_output=True, text=True)
+        assert proc.returncode != 0 and says in proc.stderr, proc.stderr
