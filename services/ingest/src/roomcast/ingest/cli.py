@@ -19,6 +19,21 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 
 @click.command()
 @_opt("--kafka", default=_D.kafka, help="Kafka bootstrap servers, HOST:PORT[,...].")
+@_opt("--kafka-security-protocol", default=_D.kafka_security_protocol,
+      type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+      help="How to reach Kafka: plain, TLS, SASL login, or SASL over TLS.")  # fmt: skip
+@_opt("--kafka-sasl-mechanism", default=_D.kafka_sasl_mechanism,
+      type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+      help="SASL mechanism (with SASL_PLAINTEXT / SASL_SSL).")  # fmt: skip
+@_opt("--kafka-sasl-username", default=_D.kafka_sasl_username, help="SASL user name.")
+@_opt("--kafka-sasl-password", default=_D.kafka_sasl_password,
+      help="SASL password: set it in the environment, not on the command line.")  # fmt: skip
+@_opt("--kafka-ca-file", default=_D.kafka_ca_file,
+      help="CA certificate(s) (PEM) the brokers' TLS certificates are checked against; "
+      "empty: the system's CAs.")  # fmt: skip
+@_opt("--kafka-cert-file", default=_D.kafka_cert_file,
+      help="Client certificate (PEM) for mutual TLS, with --kafka-key-file.")  # fmt: skip
+@_opt("--kafka-key-file", default=_D.kafka_key_file, help="Client key (PEM) for mutual TLS.")
 @_opt("--nats", default=_D.nats, help="NATS server URL(s), comma-separated.")
 @_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq.")
 @_opt("--group", default=_D.group, help="Kafka consumer group: workers in it share partitions.")
@@ -43,6 +58,8 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
       help="Blobs JetStream keeps per room.")  # fmt: skip
 @_opt("--history-age-s", default=_D.history_age_s, type=click.FloatRange(min=1),
       help="How long JetStream keeps a blob, in seconds.")  # fmt: skip
+@_opt("--stream-replicas", default=_D.stream_replicas, type=click.IntRange(1, 5),
+      help="Replicas of the stream's data in a NATS cluster (1 for a single server).")  # fmt: skip
 @_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
       help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
 @_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),
@@ -50,7 +67,9 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 @_opt("--fetch-max-wait-ms", default=_D.fetch_max_wait_ms, type=click.IntRange(min=0),
       help="How long Kafka holds a fetch for new data (the leading edge's floor).")  # fmt: skip
 @_opt("--metrics-port", default=_D.metrics_port, type=click.IntRange(min=0),
-      help="Prometheus metrics on this port (0: off).")  # fmt: skip
+      help="Prometheus /metrics and the liveness /healthz on this port (0: off).")  # fmt: skip
+@_opt("--stall-timeout-s", default=_D.stall_timeout_s, type=click.FloatRange(min=1),
+      help="/healthz answers 503 once the consume loop has not turned for this long.")  # fmt: skip
 @_opt("--log-format", default="text", type=click.Choice(["text", "json"]), help="Log lines for "
       "people (text) or machines (json).")  # fmt: skip
 @_opt("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -69,6 +88,12 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
     """
     setup_logging(log_level, log_format)
     config = IngestConfig(**options)  # type: ignore[arg-type]
+    from roomcast.ingest.kafka_auth import client_options
+
+    try:
+        client_options(config)  # fail now, saying why, not on the first connection
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
     try:
         import uvloop
 
@@ -80,15 +105,18 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
 async def _main(config: IngestConfig) -> None:
     from roomcast.ingest.worker import IngestWorker
 
+    worker = IngestWorker(config)
     if config.metrics_port:
-        from prometheus_client import start_http_server
+        from roomcast.ingest import health
 
-        start_http_server(config.metrics_port, config.metrics_host)
+        health.serve(
+            config.metrics_port, config.metrics_host, lambda: worker.last_turn,
+            config.stall_timeout_s,
+        )  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    worker = IngestWorker(config)
     try:
         await worker.run(stop)
     except OSError as exc:

@@ -12,6 +12,13 @@ from roomcast.core.rooms import SUBJECT_PREFIX
 @dataclass(frozen=True, slots=True)
 class IngestConfig:
     kafka: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"  # SSL, SASL_PLAINTEXT, SASL_SSL (kafka_auth.py)
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = ""
+    kafka_ca_file: str = ""  # the brokers' CA (PEM); empty: the system's CAs
+    kafka_cert_file: str = ""  # client certificate and key (PEM) for mutual TLS
+    kafka_key_file: str = ""
     nats: str = "nats://127.0.0.1:4222"
     topic: str = "roomcast.events"
     group: str = "roomcast-ingest"
@@ -23,6 +30,7 @@ class IngestConfig:
     stream: str = "ROOMCAST_ROOMS"
     history_msgs: int = 100  # blobs kept per room subject
     history_age_s: float = 120.0
+    stream_replicas: int = 1  # JetStream replicas of the stream (a clustered NATS: 3)
     duplicate_window_s: float = 120.0
     # Unacked events (in merge windows, in flight, or backlogged) before consumption pauses.
     # Throughput is at most this many per window: 1M ~ 150 MB of 150-byte events.
@@ -31,7 +39,8 @@ class IngestConfig:
     commit_interval_s: float = 0.2
     fetch_max_wait_ms: int = 20  # broker-side wait: bounds the leading edge's latency
     max_poll_records: int = 5000
-    metrics_port: int = 9464  # 0: no metrics endpoint
+    metrics_port: int = 9464  # 0: no metrics endpoint (and no /healthz)
+    stall_timeout_s: float = 30.0  # /healthz: 503 once the consume loop has not turned this long
     metrics_host: str = "0.0.0.0"
 
     @property

@@ -29,6 +29,7 @@ from roomcast.core.positions import PartitionOffsets
 from roomcast.core.rooms import all_subjects, room_error, room_subject
 from roomcast.ingest import metrics
 from roomcast.ingest.config import IngestConfig
+from roomcast.ingest.kafka_auth import client_options
 
 log = logging.getLogger("roomcast.ingest")
 
@@ -88,6 +89,7 @@ class IngestWorker:
         self._js: Any = None
         self._dlq_pending: set[asyncio.Future[Any]] = set()
         self._closing = False
+        self.last_turn: float | None = None  # monotonic time of the loop's last turn (/healthz)
 
     # ---- start / stop -------------------------------------------------------------------------
 
@@ -130,6 +132,7 @@ class IngestWorker:
             max_msgs_per_subject=self.cfg.history_msgs,
             max_age=self.cfg.history_age_s,
             duplicate_window=self.cfg.duplicate_window_s,
+            num_replicas=self.cfg.stream_replicas,
         )
         try:
             await self._js.stream_info(self.cfg.stream)
@@ -141,9 +144,11 @@ class IngestWorker:
 
     async def _start_kafka(self, stop: asyncio.Event) -> None:
         delay = 0.5
+        auth = client_options(self.cfg)
         while not stop.is_set():
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.cfg.kafka,
+                **auth,
                 group_id=self.cfg.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
@@ -155,7 +160,7 @@ class IngestWorker:
             )
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.cfg.kafka, acks="all", linger_ms=5,
-                client_id="roomcast-ingest-dlq",
+                client_id="roomcast-ingest-dlq", **auth,
             )  # fmt: skip
             try:
                 await consumer.start()
@@ -225,6 +230,7 @@ class IngestWorker:
             wait_ms = 50 if due is None else max(0, min(50, int((due - now) * 1000) + 1))
             batches = await consumer.getmany(timeout_ms=wait_ms)
             now = time.monotonic()
+            self.last_turn = now
             for tp, records in batches.items():
                 await self._take(tp.partition, records, now)
             for blob in window.due(now):
