@@ -56,7 +56,7 @@ NAMED = {
     },
 }
 # Values the chart has ahead of the command (the gateway's --metrics-port is on its way).
-AHEAD = {"gateway": {"metrics-port"}, "ingest": set()}
+AHEAD: dict[str, set[str]] = {"gateway": set(), "ingest": set()}
 
 
 def validate(docs: list[dict[str, Any]]) -> None:
@@ -191,14 +191,28 @@ def test_documented_variants_render_valid_objects(sets: tuple[str, ...]) -> None
     validate(render(*sets))
 
 
-def test_metrics_port_zero_means_no_ingest_probe_and_metrics_on_the_viewer_port() -> None:
+def test_metrics_port_zero_means_no_metrics_and_probes_on_the_viewer_port() -> None:
     docs = render("gateway.metricsPort=0", "ingest.metricsPort=0")
     ingest = one(docs, "Deployment", "-ingest")["spec"]["template"]["spec"]["containers"][0]
     assert "ports" not in ingest and "livenessProbe" not in ingest
     gw = one(docs, "Deployment", "-gateway")["spec"]["template"]
-    assert gw["metadata"]["annotations"]["prometheus.io/port"] == "8080"
-    assert [p["name"] for p in gw["spec"]["containers"][0]["ports"]] == ["ws"]
-    assert "ROOMCAST_GATEWAY_METRICS_PORT" not in config_data(docs, "gateway")
+    assert "prometheus.io/port" not in gw["metadata"]["annotations"]
+    container = gw["spec"]["containers"][0]
+    assert [p["name"] for p in container["ports"]] == ["ws"]
+    assert container["readinessProbe"]["httpGet"]["port"] == "ws"
+    assert config_data(docs, "gateway")["ROOMCAST_GATEWAY_METRICS_PORT"] == "0"  # off, not 9465
+
+
+def test_gateway_probes_and_scrapes_use_the_group_endpoint_by_default() -> None:
+    docs = render()
+    gw = one(docs, "Deployment", "-gateway")["spec"]["template"]
+    container = gw["spec"]["containers"][0]
+    assert {"name": "metrics", "containerPort": 9465, "protocol": "TCP"} in container["ports"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    data = config_data(docs, "gateway")
+    assert data["ROOMCAST_GATEWAY_METRICS_PORT"] == "9465"
+    assert data["ROOMCAST_GATEWAY_METRICS_HOST"] == "0.0.0.0"
 
 
 def test_hostnetwork_uses_cluster_dns() -> None:
