@@ -170,6 +170,7 @@ class IngestWorker:
         self._stream_task: asyncio.Task[None] | None = None
         self._publish_warning = _Every(10.0)
         self._republish_log = _Every(10.0)
+        self._dead_letter_log: dict[str, _Every] = {}
         self._closing = False
 
     # ---- start / stop -------------------------------------------------------------------------
@@ -627,8 +628,16 @@ class IngestWorker:
         self._dead_letters.add(DeadLetter(record.topic, record.partition, record.offset,
                                           record.key, record.value, reason, message))  # fmt: skip
         self.stats.dead_letters += 1
-        log.warning("dead letter", extra={"reason": reason, "partition": record.partition,
-                                          "offset": record.offset, "error": message})  # fmt: skip
+        # One line per reason per second at most: a producer sending nothing but bad records
+        # must not turn the worker into a log writer (the metric counts every one).
+        every = self._dead_letter_log.get(reason)
+        if every is None:
+            every = self._dead_letter_log[reason] = _Every(1.0)
+        if every.ready():
+            log.warning("dead letter", extra={"reason": reason, "partition": record.partition,
+                                              "offset": record.offset, "error": message,
+                                              "not_logged_since": every.suppressed})  # fmt: skip
+            every.suppressed = 0
 
     def _dead_letter_written(self, letter: DeadLetter) -> None:
         offsets = self.offsets.get(letter.partition)
