@@ -55,6 +55,11 @@ class IngestEnv:
             t0 = loop.time()
             futs = []
             for i, (key, value) in enumerate(records):
+                if key is None and value is None:  # Kafka takes it; aiokafka's send() asserts
+                    batch = producer.create_batch()
+                    batch.append(key=None, value=None, timestamp=None)
+                    futs.append(await producer.send_batch(batch, self.topic, partition=0))
+                    continue
                 futs.append(await producer.send(self.topic, value, key=key))
                 if rate:
                     await asyncio.sleep(max(0.0, t0 + (i + 1) / rate - loop.time()))

@@ -20,14 +20,20 @@ MAX_EVENT_BYTES = 64 * 1024
 """Default limit on one event's JSON value; bigger ones go to the dead-letter topic."""
 
 validate_json = msgspec.json.Decoder(msgspec.Raw).decode
-"""Raise msgspec.DecodeError unless the bytes are one JSON value; builds no Python objects."""
+"""Raise msgspec.DecodeError unless the bytes are one JSON value; builds no Python objects.
+
+It does not check the UTF-8 inside strings (a skipped string is not decoded): `check_event` does."""
 _encode_ints = msgspec.json.Encoder().encode
 
 
 def check_event(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> bytes:
-    """Return `value` if it is one JSON value of at most `max_bytes`, else raise EventError.
+    """Return `value` if it is one UTF-8 JSON value of at most `max_bytes`, else raise
+    EventError (reason `no_value`, `too_big`, `not_json` or `not_utf8`).
 
-    Validates the JSON without building Python objects (msgspec skips it as `Raw`).
+    Validates the JSON without building Python objects (msgspec skips it as `Raw`), then the
+    UTF-8: every WebSocket client fails the connection on a text frame that is not UTF-8, so one
+    such event would disconnect every viewer of its room. `isascii()` is a fast scan; only
+    values with other bytes pay a decode.
     """
     if value is None:
         raise EventError("no_value", "record has no value; an event is one JSON value")
@@ -39,6 +45,13 @@ def check_event(value: bytes | None, max_bytes: int = MAX_EVENT_BYTES) -> bytes:
         validate_json(value)
     except msgspec.DecodeError as exc:
         raise EventError("not_json", f"event is not valid JSON: {exc}") from None
+    if not value.isascii():
+        try:
+            value.decode()
+        except UnicodeDecodeError as exc:
+            raise EventError(
+                "not_utf8", f"event is not valid UTF-8 at byte {exc.start}: {exc.reason}"
+            ) from None
     return value
 
 

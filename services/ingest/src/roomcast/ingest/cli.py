@@ -35,7 +35,11 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
       help="Client certificate (PEM) for mutual TLS, with --kafka-key-file.")  # fmt: skip
 @_opt("--kafka-key-file", default=_D.kafka_key_file, help="Client key (PEM) for mutual TLS.")
 @_opt("--nats", default=_D.nats, help="NATS server URL(s), comma-separated.")
-@_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq.")
+@_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq. "
+      "Both are created at start if missing (and allowed); an existing topic is never "
+      "changed.")  # fmt: skip
+@_opt("--topic-partitions", default=_D.topic_partitions, type=click.IntRange(min=1),
+      help="Partitions of TOPIC if ingest creates it (TOPIC.dlq gets 1).")  # fmt: skip
 @_opt("--group", default=_D.group, help="Kafka consumer group: workers in it share partitions.")
 @_opt(
     "--window-ms",
@@ -53,17 +57,23 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 @_opt("--subject-prefix", default=_D.subject_prefix,
       help="Blobs of room R are published on PREFIX.R.")  # fmt: skip
 @_opt("--stream", default=_D.stream,
-      help="JetStream stream over PREFIX.>, created or updated at start.")  # fmt: skip
+      help="JetStream stream over PREFIX.>, created at start if missing. On an existing "
+      "stream only the subjects, history and dedup window are set; the rest is the "
+      "operator's.")  # fmt: skip
+@_opt("--stream-replicas", default=_D.stream_replicas, type=click.IntRange(min=1, max=5),
+      help="Replicas of the stream when ingest creates it; an existing stream's replicas are "
+      "raised to this, never lowered.")  # fmt: skip
 @_opt("--history-msgs", default=_D.history_msgs, type=click.IntRange(min=1),
       help="Blobs JetStream keeps per room.")  # fmt: skip
 @_opt("--history-age-s", default=_D.history_age_s, type=click.FloatRange(min=1),
       help="How long JetStream keeps a blob, in seconds.")  # fmt: skip
-@_opt("--stream-replicas", default=_D.stream_replicas, type=click.IntRange(1, 5),
-      help="Replicas of the stream's data in a NATS cluster (1 for a single server).")  # fmt: skip
 @_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
       help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
 @_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),
       help="Republish a blob (same Msg-Id: stored once) not acked in this time.")  # fmt: skip
+@_opt("--dlq-retry-max-s", default=_D.dlq_retry_max_s, type=click.FloatRange(min=0.5),
+      help="Longest wait between attempts to write dead letters (backoff from 0.5 s); while "
+      "they fail, only their partitions are paused.")  # fmt: skip
 @_opt("--fetch-max-wait-ms", default=_D.fetch_max_wait_ms, type=click.IntRange(min=0),
       help="How long Kafka holds a fetch for new data (the leading edge's floor).")  # fmt: skip
 @_opt("--metrics-port", default=_D.metrics_port, type=click.IntRange(min=0),
@@ -82,7 +92,9 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
     window into one blob (their bytes are embedded, never re-encoded) and published on
     PREFIX.<room> to JetStream with a Msg-Id. A partition's offset is committed only below the
     oldest event JetStream has not acknowledged: a crash replays, nothing is lost. Bad records
-    (no key, bad room name, not JSON, too big) go to TOPIC.dlq with headers saying why.
+    (no key, bad room name, no value, not JSON, not UTF-8, too big) go to TOPIC.dlq with headers
+    saying why; while TOPIC.dlq cannot take them, only their partitions wait. NATS or Kafka
+    down, at start or later: the worker waits for them, paused; it never exits on its own.
     Run several workers with the same --group to share the topic's partitions.
     SIGTERM/Ctrl-C: flush, wait for acks, commit, leave the group, exit 0.
     """
@@ -117,7 +129,4 @@ async def _main(config: IngestConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        await worker.run(stop)
-    except OSError as exc:
-        raise click.ClickException(f"cannot reach NATS at {config.nats}: {exc}") from None
+    await worker.run(stop)

@@ -21,6 +21,7 @@ class IngestConfig:
     kafka_key_file: str = ""
     nats: str = "nats://127.0.0.1:4222"
     topic: str = "roomcast.events"
+    topic_partitions: int = 8  # when ingest creates the topic; an existing one is never changed
     group: str = "roomcast-ingest"
     window_ms: int = 1000
     max_blob_events: int = DEFAULT_MAX_EVENTS
@@ -28,9 +29,9 @@ class IngestConfig:
     max_event_bytes: int = MAX_EVENT_BYTES
     subject_prefix: str = SUBJECT_PREFIX
     stream: str = "ROOMCAST_ROOMS"
+    stream_replicas: int = 1  # at creation; an existing stream's are raised to it, never lowered
     history_msgs: int = 100  # blobs kept per room subject
     history_age_s: float = 120.0
-    stream_replicas: int = 1  # JetStream replicas of the stream (a clustered NATS: 3)
     duplicate_window_s: float = 120.0
     # Unacked events (in merge windows, in flight, or backlogged) before consumption pauses.
     # Throughput is at most this many per window: 1M ~ 150 MB of 150-byte events.
@@ -39,6 +40,8 @@ class IngestConfig:
     commit_interval_s: float = 0.2
     fetch_max_wait_ms: int = 20  # broker-side wait: bounds the leading edge's latency
     max_poll_records: int = 5000
+    dlq_timeout_s: float = 5.0  # one attempt at writing dead letters
+    dlq_retry_max_s: float = 10.0  # the longest wait between attempts (backoff from 0.5 s)
     metrics_port: int = 9464  # 0: no metrics endpoint (and no /healthz)
     stall_timeout_s: float = 30.0  # /healthz: 503 once the consume loop has not turned this long
     metrics_host: str = "0.0.0.0"

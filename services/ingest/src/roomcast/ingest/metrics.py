@@ -26,3 +26,17 @@ CONSUMER_LAG = Gauge(
 IN_FLIGHT = Gauge("roomcast_ingest_in_flight_events", "Events consumed but not yet acknowledged")
 PAUSED = Gauge("roomcast_ingest_paused", "1 while consumption is paused (NATS down or backlog)")
 COMMITS = Counter("roomcast_ingest_commits_total", "Offset commits to Kafka")
+PAUSED_PARTITIONS = Gauge(
+    "roomcast_ingest_paused_partitions", "Owned partitions not being consumed right now"
+)
+DLQ_BLOCKED = Gauge(
+    "roomcast_ingest_dlq_blocked_partitions",
+    "Partitions paused because the dead-letter topic does not take their dead letters",
+)
+DLQ_FAILURES = Counter(
+    "roomcast_ingest_dlq_write_failures_total", "Dead letters not written on an attempt (retried)"
+)
+PUBLISH_FAILURES = Counter(
+    "roomcast_ingest_publish_failures_total",
+    "JetStream publishes that failed or were refused (retried)",
+)

@@ -1,14 +1,20 @@
 """One ingest worker: the I/O around roomcast.core's merge window and commit tracking.
 
-Loop: fetch a batch from Kafka -> check each record (room key, JSON value; bad ones to the
-dead-letter topic) -> MergeWindow.add -> publish the blobs that are due to JetStream, pipelined
-(acks come back as futures) -> commit each partition's offset below its oldest unacked event.
+Loop: fetch a batch from Kafka -> check each record (room key, UTF-8 JSON value; bad ones are
+queued for the dead-letter topic, written by a task of their own) -> MergeWindow.add -> publish
+the blobs that are due to JetStream, pipelined (acks come back as futures) -> commit each
+partition's offset below its oldest unacked event -> pause exactly the partitions that must not
+be consumed now (NATS down or too much unacked: all; dead letters stuck: theirs).
+
+No outage stops the worker: it starts without NATS or Kafka and waits for them, and a bad record
+or an unwritable dead-letter topic holds back at most its own partition.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections import deque
@@ -17,10 +23,19 @@ from typing import Any
 
 import msgspec
 import nats
+import nats.errors
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    for_code,
+)
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
-from nats.js.errors import NotFoundError
+from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from roomcast.core.blob import check_event, validate_json
 from roomcast.core.errors import EventError
@@ -29,12 +44,73 @@ from roomcast.core.positions import PartitionOffsets
 from roomcast.core.rooms import all_subjects, room_error, room_subject
 from roomcast.ingest import metrics
 from roomcast.ingest.config import IngestConfig
+from roomcast.ingest.deadletters import DeadLetter, DeadLetterWriter
 from roomcast.ingest.kafka_auth import client_options
 
 log = logging.getLogger("roomcast.ingest")
 
 _NO_KEY = "no_key"
 _BAD_ROOM = "bad_room"
+_TRANSIENT_COORDINATOR_ERRORS = (
+    "GroupCoordinatorNotAvailableError",
+    "NotCoordinatorForGroupError",
+    "CoordinatorLoadInProgressError",
+)
+
+
+class _TransientAsInfo(logging.Filter):
+    """aiokafka logs "Group Coordinator Request failed" at error level while the coordinator is
+    still being elected, which is every normal start on a fresh cluster; it retries by itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and any(
+            name in str(arg) for arg in record.args or () for name in _TRANSIENT_COORDINATOR_ERRORS
+        ):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+logging.getLogger("aiokafka.consumer.group_coordinator").addFilter(_TransientAsInfo())
+
+
+class _Every:
+    """Lets a repeated message through at most once per `interval_s`; counts the others."""
+
+    __slots__ = ("_interval", "_next", "suppressed")
+
+    def __init__(self, interval_s: float) -> None:
+        self._interval = interval_s
+        self._next = 0.0
+        self.suppressed = 0
+
+    def ready(self) -> bool:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self._interval
+            return True
+        self.suppressed += 1
+        return False
+
+
+def stream_settings(existing: StreamConfig, wanted: StreamConfig) -> StreamConfig | None:
+    """The update roomcast makes to an existing stream, or None if it needs none.
+
+    roomcast owns only what its delivery depends on: its subjects being in the stream, the
+    per-room history (count and age) and the dedup window. Replicas are raised to `wanted`'s,
+    never lowered; every other setting (limits, placement, description, ...) is the operator's.
+    """
+    subjects = list(existing.subjects or [])
+    subjects += [s for s in wanted.subjects or [] if s not in subjects]
+    replicas = max(existing.num_replicas or 1, wanted.num_replicas or 1)
+    update = dataclasses.replace(
+        existing,
+        subjects=subjects,
+        max_msgs_per_subject=wanted.max_msgs_per_subject,
+        max_age=wanted.max_age,
+        duplicate_window=wanted.duplicate_window,
+        num_replicas=replicas,
+    )
+    return None if update == existing else update
 
 
 @dataclass(slots=True)
@@ -67,6 +143,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         log.info(
             "partitions assigned", extra={"partitions": sorted(tp.partition for tp in assigned)}
         )
+        # A new assignment starts unpaused: pause what must be before anything is fetched.
+        self.worker._flow_control()
 
 
 class IngestWorker:
@@ -85,15 +163,43 @@ class IngestWorker:
         self._paused = False
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._dead_letters: DeadLetterWriter | None = None
         self._nc: nats.NATS | None = None
         self._js: Any = None
-        self._dlq_pending: set[asyncio.Future[Any]] = set()
+        self._stream_ready = False
+        self._nats_task: asyncio.Task[None] | None = None
+        self._stream_task: asyncio.Task[None] | None = None
+        self._publish_warning = _Every(10.0)
+        self._republish_log = _Every(10.0)
+        self._dead_letter_log: dict[str, _Every] = {}
         self._closing = False
         self.last_turn: float | None = None  # monotonic time of the loop's last turn (/healthz)
 
     # ---- start / stop -------------------------------------------------------------------------
 
-    async def _connect_nats(self) -> None:
+    async def _connect_nats(self, stop: asyncio.Event) -> None:
+        """Connect to NATS and set up the stream, retrying with backoff until both are done.
+
+        Runs beside the consume loop: while it has not succeeded, consumption stays paused."""
+        delay = 0.5
+        while not stop.is_set():
+            try:
+                if self._nc is None:
+                    self._nc = await self._nats_client()
+                    self._js = self._nc.jetstream(publish_async_max_pending=100_000)
+                await self._ensure_stream()
+                self._stream_ready = True
+                return
+            except Exception as exc:  # down, no JetStream yet, or a stream it cannot set up
+                log.warning(
+                    "NATS/JetStream not ready (%s); consumption paused; retrying in %.1fs",
+                    exc or type(exc).__name__, delay, extra={"nats": self.cfg.nats},
+                )  # fmt: skip
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 10)
+
+    async def _nats_client(self) -> nats.NATS:
         async def disconnected() -> None:
             if self._closing:
                 return
@@ -105,10 +211,14 @@ class IngestWorker:
         async def reconnected() -> None:
             log.info("NATS reconnected; resuming", extra={"nats": self.cfg.nats})
 
-        async def error(exc: Exception) -> None:
-            log.warning("NATS error: %s", exc)
+        errors = _Every(10.0)  # while NATS is down, nats-py reports each reconnect attempt
 
-        self._nc = await nats.connect(
+        async def error(exc: Exception) -> None:
+            if errors.ready():
+                log.warning("NATS error: %s", exc, extra={"repeats": errors.suppressed + 1})
+                errors.suppressed = 0
+
+        return await nats.connect(
             self.cfg.nats,
             name="roomcast-ingest",
             max_reconnect_attempts=-1,
@@ -119,11 +229,10 @@ class IngestWorker:
             error_cb=error,
             pending_size=64 * 1024 * 1024,
         )
-        self._js = self._nc.jetstream(publish_async_max_pending=100_000)
-        await self._ensure_stream()
 
     async def _ensure_stream(self) -> None:
-        """Create the stream, or bring its settings to the configured ones (idempotent)."""
+        """Create the stream if it is missing; on an existing one, change only what roomcast owns
+        (see `stream_settings`): an operator's settings, and its replicas, are kept."""
         cfg = StreamConfig(
             name=self.cfg.stream,
             subjects=[all_subjects(self.cfg.subject_prefix)],
@@ -135,12 +244,17 @@ class IngestWorker:
             num_replicas=self.cfg.stream_replicas,
         )
         try:
-            await self._js.stream_info(self.cfg.stream)
+            info = await self._js.stream_info(self.cfg.stream)
         except NotFoundError:
             await self._js.add_stream(cfg)
-            log.info("created stream", extra={"stream": self.cfg.stream})
-        else:
-            await self._js.update_stream(cfg)
+            log.info("created stream", extra={"stream": self.cfg.stream,
+                                              "replicas": self.cfg.stream_replicas})  # fmt: skip
+            return
+        update = stream_settings(info.config, cfg)
+        if update is not None:
+            await self._js.update_stream(update)
+            log.info("updated stream", extra={"stream": self.cfg.stream,
+                                              "replicas": update.num_replicas})  # fmt: skip
 
     async def _start_kafka(self, stop: asyncio.Event) -> None:
         delay = 0.5
@@ -160,11 +274,14 @@ class IngestWorker:
             )
             producer = AIOKafkaProducer(
                 bootstrap_servers=self.cfg.kafka, acks="all", linger_ms=5,
-                client_id="roomcast-ingest-dlq", **auth,
+                client_id="roomcast-ingest-dlq",
+                request_timeout_ms=int(self.cfg.dlq_timeout_s * 1000),
+                **auth,
             )  # fmt: skip
             try:
                 await consumer.start()
                 await producer.start()
+                await self._ensure_topics()
             except KafkaConnectionError as exc:
                 await consumer.stop()
                 await producer.stop()
@@ -178,10 +295,55 @@ class IngestWorker:
                 continue
             consumer.subscribe([self.cfg.topic], listener=_Rebalance(self))
             self._consumer, self._producer = consumer, producer
+            self._dead_letters = DeadLetterWriter(
+                producer, self.cfg.dlq_topic, self._dead_letter_written,
+                attempt_timeout_s=self.cfg.dlq_timeout_s, backoff_max_s=self.cfg.dlq_retry_max_s,
+            )  # fmt: skip
+            self._dead_letters.start()
             return
 
+    async def _ensure_topics(self) -> None:
+        """Create the events and dead-letter topics if they are missing and we may (idempotent:
+        an existing topic is never changed; without the right to create, say so and go on)."""
+        cfg = self.cfg
+        admin = AIOKafkaAdminClient(
+            bootstrap_servers=cfg.kafka,
+            client_id="roomcast-ingest-admin",
+            request_timeout_ms=10000,
+            **client_options(cfg),  # the same TLS / SASL settings as the consumer
+        )
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            wanted = {cfg.topic: cfg.topic_partitions, cfg.dlq_topic: 1}
+            missing = {name: n for name, n in wanted.items() if name not in existing}
+            if not missing:
+                return
+            brokers = len((await admin.describe_cluster()).get("brokers") or [None])
+            replicas = min(3, brokers)
+            resp = await admin.create_topics(
+                [NewTopic(name, n, replicas) for name, n in missing.items()]
+            )
+            for name, code, *rest in resp.topic_errors:
+                err = for_code(code) if code else None
+                if err is None:
+                    log.info("created topic", extra={"topic": name, "partitions": missing[name],
+                                                     "replicas": replicas})  # fmt: skip
+                elif err is not TopicAlreadyExistsError:  # another worker was quicker: fine
+                    raise err(rest[0] if rest and rest[0] else name)
+        except (TopicAuthorizationFailedError, ClusterAuthorizationFailedError) as exc:
+            log.info("not allowed to create topics (%s); they must exist", exc,
+                     extra={"topics": [cfg.topic, cfg.dlq_topic]})  # fmt: skip
+        except KafkaConnectionError:
+            raise
+        except (KafkaError, TimeoutError) as exc:
+            log.warning("could not create missing topics (%s); going on without", exc,
+                        extra={"topics": [cfg.topic, cfg.dlq_topic]})  # fmt: skip
+        finally:
+            await admin.close()
+
     async def run(self, stop: asyncio.Event) -> None:
-        await self._connect_nats()
+        self._nats_task = asyncio.create_task(self._connect_nats(stop), name="roomcast-nats")
         await self._start_kafka(stop)
         if self._consumer is None:
             await self._close_nats()
@@ -204,6 +366,8 @@ class IngestWorker:
         await self._settle(within_s=10)
         with contextlib.suppress(KafkaError):
             await self._commit()
+        if self._dead_letters is not None:
+            await self._dead_letters.close()
         if self._consumer is not None:
             await self._consumer.stop()
         if self._producer is not None:
@@ -213,6 +377,11 @@ class IngestWorker:
 
     async def _close_nats(self) -> None:
         self._closing = True
+        for task in (self._nats_task, self._stream_task):
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
                 await self._nc.close()
@@ -267,21 +436,25 @@ class IngestWorker:
                 if len(rooms) > 200_000:
                     rooms.clear()
             if type(room) is tuple:
-                await self._dead_letter(r, *room)
+                self._dead_letter(r, *room)
                 continue
             value = r.value
             # check_event's test, inlined for the common case; check_event says why when it fails.
+            # JSON (msgspec skips it as Raw, which does not check the UTF-8 inside strings), then
+            # UTF-8 (isascii() is a word-at-a-time scan; only other values pay a decode).
             ok = value is not None and len(value) <= max_bytes
             if ok:
                 try:
                     validate(value)
-                except msgspec.DecodeError:
+                    if not value.isascii():
+                        value.decode()
+                except (msgspec.DecodeError, UnicodeDecodeError):
                     ok = False
             if not ok:
                 try:
                     check_event(value, max_bytes)
                 except EventError as exc:
-                    await self._dead_letter(r, exc.reason, str(exc))
+                    self._dead_letter(r, exc.reason, str(exc))
                 continue
             blobs = add(room, partition, offset, value, now)  # type: ignore[arg-type]
             if blobs:  # usually not: most events wait in their room's window
@@ -331,21 +504,42 @@ class IngestWorker:
                 entry.subject, entry.data, headers={"Nats-Msg-Id": entry.blob.msg_id}
             )
         except Exception as exc:  # disconnected, buffer full: the retry timer sends it again
-            log.debug("publish failed: %s", exc)
+            self._publish_failed(exc, entry)
             entry.future = None
             return
         entry.future = fut
         fut.add_done_callback(lambda f, seq=seq, entry=entry: self._acked(seq, entry, f))
 
+    def _publish_failed(self, exc: BaseException, entry: _InFlight) -> None:
+        """Count every failed publish; say so at most every 10 s, with how many since."""
+        metrics.PUBLISH_FAILURES.inc()
+        warn = self._publish_warning
+        if not warn.ready():
+            return
+        log.warning(
+            "JetStream publish failed (%s); retrying every %.1fs", exc or type(exc).__name__,
+            self.cfg.ack_timeout_s,
+            extra={"room": entry.blob.room, "stream": self.cfg.stream,
+                   "failures_since_last_warning": warn.suppressed + 1},
+        )  # fmt: skip
+        warn.suppressed = 0
+        # No stream answers (an operator deleted it?): set it up again, once at a time.
+        if isinstance(exc, NoStreamResponseError | nats.errors.NoRespondersError) and (
+            self._stream_task is None or self._stream_task.done()
+        ):
+            self._stream_task = asyncio.ensure_future(self._ensure_stream())
+            self._stream_task.add_done_callback(self._stream_setup_done)
+
+    def _stream_setup_done(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("cannot set up stream %s: %s", self.cfg.stream, task.exception())
+
     def _acked(self, seq: int, entry: _InFlight, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or entry.future is not fut:
             return  # superseded by a republish
-        if fut.exception() is not None:
-            log.warning(
-                "JetStream refused a blob (%s); will retry",
-                fut.exception(),
-                extra={"room": entry.blob.room},
-            )
+        exc = fut.exception()
+        if exc is not None:
+            self._publish_failed(exc, entry)
             entry.future = None
             return
         if self.in_flight.pop(seq, None) is None:
@@ -360,7 +554,7 @@ class IngestWorker:
         metrics.PUBLISH_LATENCY.observe(time.monotonic() - entry.sent_at)
 
     def _nats_up(self) -> bool:
-        return self._nc is not None and self._nc.is_connected
+        return self._stream_ready and self._nc is not None and self._nc.is_connected
 
     async def _flush_backlog(self) -> None:
         while self.backlog and self._nats_up():
@@ -371,17 +565,26 @@ class IngestWorker:
             await self._send(self._seq, entry)
 
     def _retry_timed_out(self, now: float) -> None:
-        """Republish, in order, every blob JetStream has not acked in time (same Msg-Id: stored
-        once). Resending all of them keeps a room's blobs in order in the stream."""
+        """Republish, in order, every blob JetStream has not acked in time, or whose publish
+        failed at least a retry interval ago (same Msg-Id: stored once). Resending all of them
+        keeps a room's blobs in order in the stream."""
         if not self.in_flight or not self._nats_up():
             return
-        oldest = next(iter(self.in_flight.values()))
-        if oldest.future is not None and now - oldest.sent_at < self.cfg.ack_timeout_s:
+        timeout = self.cfg.ack_timeout_s
+        retry = min(1.0, timeout)  # after a failed publish: paced, not every loop turn
+
+        def due(e: _InFlight) -> bool:
+            return now - e.sent_at >= (retry if e.future is None else timeout)
+
+        if not due(next(iter(self.in_flight.values()))):
             return
-        stale = [(s, e) for s, e in self.in_flight.items()
-                 if e.future is None or now - e.sent_at >= self.cfg.ack_timeout_s]  # fmt: skip
+        stale = [(s, e) for s, e in self.in_flight.items() if due(e)]
         metrics.REPUBLISHED.inc(len(stale))
-        log.info("republishing blobs not acked in time", extra={"blobs": len(stale)})
+        if self._republish_log.ready():
+            log.info("republishing blobs not acked in time",
+                     extra={"blobs": len(stale),
+                            "rounds": self._republish_log.suppressed + 1})  # fmt: skip
+            self._republish_log.suppressed = 0
         for seq, entry in stale:
             if entry.future is not None:
                 entry.future.cancel()
@@ -389,62 +592,66 @@ class IngestWorker:
             task.add_done_callback(lambda t: t.exception())
 
     def _flow_control(self) -> None:
-        """Pause consumption while NATS is down or too much is unacked; memory stays bounded."""
+        """Pause exactly the partitions that must not be consumed now; memory stays bounded.
+
+        All of them while NATS is down or too much is unacked; else those whose dead letters
+        cannot be written. Compared with what the consumer has paused on every call, not with
+        our own last decision: a rebalance hands out partitions unpaused."""
         consumer = self._consumer
-        assert consumer is not None
+        if consumer is None:
+            return
         # Consumed and not yet acked: in a merge window, in the backlog, in flight to JetStream,
         # or a dead letter on its way (one len() per partition, not a walk over the blobs).
         unacked = sum(o.in_flight for o in self.offsets.values())
         metrics.IN_FLIGHT.set(unacked)
-        should_pause = not self._nats_up() or unacked > self.cfg.max_in_flight
-        if should_pause != self._paused:
-            parts = consumer.assignment()
-            if should_pause:
-                consumer.pause(*parts)
-                # Down NATS is news; a full pipeline under a backlog is ordinary flow control.
-                log.log(
-                    logging.WARNING if not self._nats_up() else logging.DEBUG,
-                    "consumption paused",
-                    extra={"nats_up": self._nats_up(), "unacked": unacked},
-                )
-            else:
-                consumer.resume(*parts)
-                log.debug("consumption resumed")
-            self._paused = should_pause
-            metrics.PAUSED.set(int(should_pause))
+        nats_up = self._nats_up()
+        pause_all = not nats_up or unacked > self.cfg.max_in_flight
+        assigned = consumer.assignment()
+        if pause_all:
+            want = set(assigned)
+        else:
+            blocked = self._dead_letters.blocked if self._dead_letters is not None else ()
+            want = {tp for tp in assigned if tp.partition in blocked} if blocked else set()
+        paused = consumer.paused()
+        if want != paused:
+            if paused - want:
+                consumer.resume(*(paused - want))
+            if want - paused:
+                consumer.pause(*(want - paused))
+            metrics.PAUSED_PARTITIONS.set(len(want))
+        if pause_all != self._paused:
+            # Down NATS is news; a full pipeline under a backlog is ordinary flow control.
+            log.log(
+                logging.WARNING if pause_all and not nats_up else logging.DEBUG,
+                "consumption paused" if pause_all else "consumption resumed",
+                extra={"nats_up": nats_up, "unacked": unacked},
+            )
+            self._paused = pause_all
+            metrics.PAUSED.set(int(pause_all))
 
     # ---- dead letters -------------------------------------------------------------------------
 
-    async def _dead_letter(self, record: Any, reason: str, message: str) -> None:
-        producer = self._producer
-        assert producer is not None
-        headers = [
-            ("roomcast-error", reason.encode()),
-            ("roomcast-error-message", message.encode()[:1000]),
-            ("roomcast-topic", record.topic.encode()),
-            ("roomcast-partition", str(record.partition).encode()),
-            ("roomcast-offset", str(record.offset).encode()),
-        ]
-        fut = await producer.send(self.cfg.dlq_topic, record.value, key=record.key, headers=headers)
-        partition, offset = record.partition, record.offset
-        self._dlq_pending.add(fut)
-
-        def done(f: asyncio.Future[Any]) -> None:
-            self._dlq_pending.discard(f)
-            if f.cancelled() or f.exception() is not None:
-                log.error("dead letter not written (%s); offset stays uncommitted",
-                          None if f.cancelled() else f.exception(),
-                          extra={"partition": partition, "offset": offset})  # fmt: skip
-                return
-            offsets = self.offsets.get(partition)
-            if offsets is not None:
-                offsets.done([offset])
-
-        fut.add_done_callback(done)
+    def _dead_letter(self, record: Any, reason: str, message: str) -> None:
+        """Queue a record for the dead-letter topic; its offset stays pending until written."""
+        assert self._dead_letters is not None
+        self._dead_letters.add(DeadLetter(record.topic, record.partition, record.offset,
+                                          record.key, record.value, reason, message))  # fmt: skip
         self.stats.dead_letters += 1
-        metrics.DEAD_LETTERS.labels(reason).inc()
-        log.warning("dead letter", extra={"reason": reason, "partition": partition,
-                                          "offset": offset, "error": message})  # fmt: skip
+        # One line per reason per second at most: a producer sending nothing but bad records
+        # must not turn the worker into a log writer (the metric counts every one).
+        every = self._dead_letter_log.get(reason)
+        if every is None:
+            every = self._dead_letter_log[reason] = _Every(1.0)
+        if every.ready():
+            log.warning("dead letter", extra={"reason": reason, "partition": record.partition,
+                                              "offset": record.offset, "error": message,
+                                              "not_logged_since": every.suppressed})  # fmt: skip
+            every.suppressed = 0
+
+    def _dead_letter_written(self, letter: DeadLetter) -> None:
+        offsets = self.offsets.get(letter.partition)
+        if offsets is not None:
+            offsets.done([letter.offset])
 
     # ---- commits and rebalances ---------------------------------------------------------------
 
@@ -470,13 +677,19 @@ class IngestWorker:
         """Wait until the blobs (and dead letters) of `partitions` are acknowledged."""
         deadline = time.monotonic() + within_s
 
-        def pending() -> bool:
-            if self._dlq_pending:
-                return True
+        letters = self._dead_letters
+
+        def blobs_pending() -> bool:
             return any(partitions is None or e.blob.partition in partitions
                        for e in self.in_flight.values()) or bool(self.backlog)  # fmt: skip
 
-        while pending() and time.monotonic() < deadline:
+        def letters_pending() -> bool:
+            return letters is not None and letters.pending(partitions)
+
+        while time.monotonic() < deadline:
+            blobs = blobs_pending()
+            if not (letters_pending() or (blobs and self._nats_up())):
+                break  # all settled, or only blobs that cannot be acked before NATS is back
             await self._flush_backlog()
             self._retry_timed_out(time.monotonic())
             await asyncio.sleep(0.01)
@@ -495,9 +708,19 @@ class IngestWorker:
             await self._commit(partitions)
         except KafkaError as exc:
             log.warning("commit on revoke failed (%s); the new owner replays", exc)
+        # Forget everything of these partitions: the new owner replays it from the commit. Kept,
+        # it would be published late (or never) and no longer count against --max-in-flight.
         for p in partitions:
             self.offsets.pop(p, None)
             self.stats.last_commit.pop(p, None)
+        if self.backlog:
+            self.backlog = deque(b for b in self.backlog if b.partition not in partitions)
+        for seq in [s for s, e in self.in_flight.items() if e.blob.partition in partitions]:
+            entry = self.in_flight.pop(seq)
+            if entry.future is not None:
+                entry.future.cancel()
+        if self._dead_letters is not None:
+            self._dead_letters.forget(partitions)
         log.info("partitions handed over", extra={"partitions": sorted(partitions)})
 
     def _update_lag(self) -> None:
