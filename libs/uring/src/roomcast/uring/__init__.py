@@ -36,6 +36,7 @@ can race; the gateway has one thread per worker. Registered files hold their soc
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import threading
 from collections.abc import Sequence
@@ -47,8 +48,7 @@ __all__ = ["Ring", "available", "backend", "write_all", "write_all_python"]
 _ext: ModuleType | None
 _ext_error: str | None
 try:
-    from roomcast.uring import _uring as _ext
-
+    _ext = importlib.import_module("roomcast.uring._uring")
     _ext_error = None
 except ImportError as exc:  # not built: no compiler or headers where it was installed
     _ext = None
