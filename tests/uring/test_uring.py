@@ -318,28 +318,6 @@ def test_sigpipe_never_kills_the_process() -> None:
 
 
 @needs_ring
-def test_registered_files_send_by_slot(closing: list) -> None:
-    pairs = socketpairs(300)
-    track(closing, pairs)
-    ring = Ring(64)
-    try:
-        ring.register([a.fileno() for a, _ in pairs])
-        slots = list(range(0, 300, 2))
-        assert ring.send_all(slots, b"fixed", fixed=True) == []
-        for i, (_, b) in enumerate(pairs):
-            if i % 2 == 0:
-                assert recv_exact(b, 5) == b"fixed"
-            assert_nothing_more(b)
-        with pytest.raises(ValueError):
-            ring.send_all([300], b"x", fixed=True)
-        ring.unregister()
-        with pytest.raises(ValueError):
-            ring.send_all([0], b"x", fixed=True)
-    finally:
-        ring.close()
-
-
-@needs_ring
 def test_ring_lifecycle_and_argument_errors() -> None:
     ring = Ring(100)
     assert ring.entries >= 100 and not ring.closed

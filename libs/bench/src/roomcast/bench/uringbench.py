@@ -10,7 +10,6 @@ pre-built WebSocket frame to all N sockets, `--frames` times:
 - `c-write`: `roomcast.uring.write_all`, a C loop of send(): the floor, ratio 1.00;
 - `uring-32`, `uring-256`: `Ring.send_all`, 32 or 256 sends per io_uring_enter;
 - `uring-256-nogil`: the same, the GIL released around the syscalls;
-- `uring-256-fixed`: the same over registered files (`Ring.register`, `fixed=True`);
 - `py-write`: `roomcast.uring.write_all_python`, a Python loop of os.write;
 - `uvloop`: a loop of bound `transport.write` over uvloop transports on the same sockets.
 
@@ -56,7 +55,6 @@ VARIANTS = [
     "uring-32",
     "uring-256",
     "uring-256-nogil",
-    "uring-256-fixed",
     "py-write",
     "uvloop",
 ]
@@ -191,10 +189,8 @@ class Bench:
 
     def variants(self) -> dict[str, Callable[[], list[tuple[int, int]]]]:
         frame, fds = self.frame, self.fds
-        r32, r256, rfix = Ring(32), Ring(256), Ring(256)
-        rfix.register(fds)
-        slots = list(range(len(fds)))
-        self.rings = [r32, r256, rfix]
+        r32, r256 = Ring(32), Ring(256)
+        self.rings = [r32, r256]
         writers = self.writers
 
         def uv() -> list[tuple[int, int]]:
@@ -207,7 +203,6 @@ class Bench:
             "uring-32": lambda: r32.send_all(fds, frame),
             "uring-256": lambda: r256.send_all(fds, frame),
             "uring-256-nogil": lambda: r256.send_all(fds, frame, release_gil=True),
-            "uring-256-fixed": lambda: rfix.send_all(slots, frame, fixed=True),
             "py-write": lambda: write_all_python(fds, frame),
             "uvloop": uv,
         }

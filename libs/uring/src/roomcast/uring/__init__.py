@@ -6,13 +6,13 @@ loop in C, two ways, with one contract:
 - ``Ring(entries=256)``: an io_uring instance (raw ``io_uring_setup``/``io_uring_enter`` and
   mmap'd rings; no liburing). ``OSError`` (errno kept) if io_uring cannot be used here: ENOSYS
   (old kernel), EPERM (``kernel.io_uring_disabled``, a container's seccomp policy).
-- ``Ring.send_all(fds, data, *, release_gil=False, fixed=False)``: one ``IORING_OP_SEND`` of
-  ``data`` per fd (``MSG_DONTWAIT | MSG_NOSIGNAL``), up to ``entries`` sends per
-  ``io_uring_enter``. Each batch is submitted and all its completions reaped before the next, so
-  when it returns every send has finished. ``Ring.register(fds)`` / ``fixed=True`` sends to
-  registered files by slot (measured: it does not pay for this workload, see
-  docs/benchmarks.md); ``release_gil=True`` lets other threads run during the syscalls (also
-  measured: no difference for one thread). A Ring is not for concurrent use (``RuntimeError``).
+- ``Ring.send_all(fds, data, *, release_gil=False)``: one ``IORING_OP_SEND`` of ``data`` per
+  fd (``MSG_DONTWAIT | MSG_NOSIGNAL``), up to ``entries`` sends per ``io_uring_enter``. Each
+  batch is submitted and all its completions reaped before the next, so when it returns every
+  send has finished. ``release_gil=True`` lets other threads run during the syscalls (measured:
+  no difference in CPU per send for one thread, see docs/benchmarks.md). Registered files were
+  measured too and did not pay, so there are none. A Ring is not for concurrent use
+  (``RuntimeError``); ``Ring.close()`` releases it.
 - ``write_all(fds, data)``: one ``send()`` per fd in a plain C loop (the floor the bench compares
   against, and the fallback); without the C extension, a Python loop of ``os.write`` (the fds
   must then be non-blocking, as an event loop's sockets are).
@@ -27,8 +27,7 @@ viewer's own queue, in order; a viewer with bytes already queued must not be in 
 Descriptors: each call is synchronous and runs no Python code, so a list built from the live
 viewers just before the call cannot name a descriptor that this thread closed (and the kernel
 reused) meanwhile. With ``release_gil=True``, another thread closing a listed fd during the call
-can race; the gateway has one thread per worker. Registered files hold their socket open until
-``unregister()``.
+can race; the gateway has one thread per worker.
 
 ``available()`` answers None if a Ring can be made here and sends, else the reason.
 """

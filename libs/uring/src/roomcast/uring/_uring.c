@@ -2,9 +2,7 @@
  * roomcast.uring._uring: send the same bytes to many sockets with few syscalls.
  *
  *   Ring(entries=256)                       an io_uring instance (raw syscalls, mmap'd rings)
- *   Ring.send_all(fds, data, *, release_gil=False, fixed=False) -> [(index, result), ...]
- *   Ring.register(fds)                      register files (slots 0..n-1) for fixed=True sends
- *   Ring.unregister()
+ *   Ring.send_all(fds, data, *, release_gil=False) -> [(index, result), ...]
  *   Ring.close()
  *   write_all(fds, data) -> [(index, result), ...]   a plain C loop of send(): the floor
  *
@@ -162,7 +160,6 @@ typedef struct {
     int ring_fd;
     unsigned entries;
     int busy;            /* a send_all is running (guards against re-entry from other threads) */
-    int registered;      /* number of registered files, 0 if none */
     unsigned setup_flags;
     /* SQ */
     void *sq_ptr;
@@ -184,10 +181,6 @@ static int sys_setup(unsigned entries, struct io_uring_params *p) {
 
 static int sys_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags) {
     return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
-}
-
-static int sys_register(int fd, unsigned op, const void *arg, unsigned nr) {
-    return (int)syscall(__NR_io_uring_register, fd, op, arg, nr);
 }
 
 static void ring_unmap(RingObject *r) {
@@ -341,14 +334,13 @@ static int submit_and_wait(RingObject *self, unsigned want) {
 
 /* The batch loop, with or without the GIL (it touches no Python object). 0 or -errno. */
 static int ring_send_batches(RingObject *self, const int *fds, Py_ssize_t n, const void *buf,
-                             unsigned len, int fixed, int *results) {
+                             unsigned len, int *results) {
     struct io_uring_sqe tmpl;
     memset(&tmpl, 0, sizeof(tmpl));
     tmpl.opcode = IORING_OP_SEND;
     tmpl.addr = (uint64_t)(uintptr_t)buf;
     tmpl.len = len;
     tmpl.msg_flags = SEND_FLAGS;
-    if (fixed) tmpl.flags = IOSQE_FIXED_FILE;
     unsigned mask = *self->sq_mask, cmask = *self->cq_mask;
     for (Py_ssize_t start = 0; start < n;) {
         unsigned batch = (unsigned)(n - start < (Py_ssize_t)self->entries ? n - start : self->entries);
@@ -374,19 +366,18 @@ static int ring_send_batches(RingObject *self, const int *fds, Py_ssize_t n, con
 }
 
 PyDoc_STRVAR(send_all_doc,
-"send_all(fds, data, *, release_gil=False, fixed=False) -> list[tuple[int, int]]\n\n"
+"send_all(fds, data, *, release_gil=False) -> list[tuple[int, int]]\n\n"
 "IORING_OP_SEND of data to every fd (MSG_DONTWAIT | MSG_NOSIGNAL), up to `entries` sends per\n"
 "io_uring_enter; each batch is submitted and all its completions reaped before the next, so\n"
 "every send has finished when this returns. Returns (index, result) for every fd whose send did\n"
-"not complete fully: result >= 0 bytes sent (short write), < 0 is -errno. With fixed=True the\n"
-"fds are slots of the files given to register().");
+"not complete fully: result >= 0 bytes sent (short write), < 0 is -errno.");
 
 static PyObject *ring_send_all(RingObject *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"fds", "data", "release_gil", "fixed", NULL};
+    static char *kwlist[] = {"fds", "data", "release_gil", NULL};
     PyObject *fds_obj, *data_obj;
-    int release = 0, fixed = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$pp:send_all", kwlist, &fds_obj, &data_obj,
-                                     &release, &fixed))
+    int release = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$p:send_all", kwlist, &fds_obj, &data_obj,
+                                     &release))
         return NULL;
     if (ring_check(self) < 0) return NULL;
     FdList fl;
@@ -397,14 +388,6 @@ static PyObject *ring_send_all(RingObject *self, PyObject *args, PyObject *kw) {
         return NULL;
     }
     PyObject *out = NULL;
-    if (fixed) {
-        for (Py_ssize_t i = 0; i < fl.n; i++) {
-            if (fl.fds[i] < 0 || fl.fds[i] >= self->registered) {
-                PyErr_Format(PyExc_ValueError, "fixed slot %d not registered", fl.fds[i]);
-                goto done;
-            }
-        }
-    }
     int *results = PyMem_Malloc((size_t)(fl.n > 0 ? fl.n : 1) * sizeof(int));
     if (!results) {
         PyErr_NoMemory();
@@ -416,10 +399,10 @@ static PyObject *ring_send_all(RingObject *self, PyObject *args, PyObject *kw) {
     self->busy = 1;
     if (release) {
         Py_BEGIN_ALLOW_THREADS
-        rc = ring_send_batches(self, fl.fds, fl.n, data.buf, (unsigned)data.len, fixed, results);
+        rc = ring_send_batches(self, fl.fds, fl.n, data.buf, (unsigned)data.len, results);
         Py_END_ALLOW_THREADS
     } else {
-        rc = ring_send_batches(self, fl.fds, fl.n, data.buf, (unsigned)data.len, fixed, results);
+        rc = ring_send_batches(self, fl.fds, fl.n, data.buf, (unsigned)data.len, results);
     }
     self->busy = 0;
     if (rc < 0) {
@@ -446,47 +429,12 @@ done:
     return out;
 }
 
-PyDoc_STRVAR(register_doc,
-"register(fds) -> None\n\n"
-"Register these files with the ring (replacing any registered before): fds[i] becomes slot i\n"
-"for send_all(..., fixed=True). The ring holds a reference to each file until unregister() or\n"
-"close(): closing the fd alone does not close the socket.");
-
-static PyObject *ring_register(RingObject *self, PyObject *fds_obj) {
-    if (ring_check(self) < 0) return NULL;
-    FdList fl;
-    if (fdlist_get(fds_obj, &fl) < 0) return NULL;
-    if (self->registered) {
-        sys_register(self->ring_fd, IORING_UNREGISTER_FILES, NULL, 0);
-        self->registered = 0;
-    }
-    if (fl.n > 0) {
-        if (fl.n > INT_MAX || sys_register(self->ring_fd, IORING_REGISTER_FILES, fl.fds, (unsigned)fl.n) < 0) {
-            fdlist_release(&fl);
-            return PyErr_SetFromErrno(PyExc_OSError);
-        }
-        self->registered = (int)fl.n;
-    }
-    fdlist_release(&fl);
-    Py_RETURN_NONE;
-}
-
-static PyObject *ring_unregister(RingObject *self, PyObject *unused) {
-    if (ring_check(self) < 0) return NULL;
-    if (self->registered) {
-        sys_register(self->ring_fd, IORING_UNREGISTER_FILES, NULL, 0);
-        self->registered = 0;
-    }
-    Py_RETURN_NONE;
-}
-
 static PyObject *ring_close(RingObject *self, PyObject *unused) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Ring is in use by another send_all");
         return NULL;
     }
     ring_unmap(self);
-    self->registered = 0;
     Py_RETURN_NONE;
 }
 
@@ -504,8 +452,6 @@ static PyObject *ring_get_flags(RingObject *self, void *closure) {
 
 static PyMethodDef ring_methods[] = {
     {"send_all", (PyCFunction)(void (*)(void))ring_send_all, METH_VARARGS | METH_KEYWORDS, send_all_doc},
-    {"register", (PyCFunction)ring_register, METH_O, register_doc},
-    {"unregister", (PyCFunction)ring_unregister, METH_NOARGS, "Drop the registered files."},
     {"close", (PyCFunction)ring_close, METH_NOARGS, "Close the ring (idempotent)."},
     {NULL, NULL, 0, NULL},
 };
