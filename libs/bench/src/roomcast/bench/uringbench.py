@@ -3,9 +3,10 @@
     python -m roomcast.bench.uringbench --sockets 10000 --rounds 5
 
 N loopback TCP connections; this process holds the server side, a reader process (another
-process: the open-files limit is per process) connects them and drains them with epoll. Per
-round, interleaved (each round starts with a different variant), every variant writes the same
-pre-built WebSocket frame to all N sockets, `--frames` times:
+process: the open-files limit is per process) connects them and drains them with epoll. Each
+round, every variant writes the same pre-built WebSocket frame to all N sockets `--frames` times,
+interleaved frame by frame (one frame of each variant in turn, the order rotated every frame), so
+that the shared machine's changing load hits every variant alike:
 
 - `c-write`: `roomcast.uring.write_all`, a C loop of send(): the floor, ratio 1.00;
 - `uring-32`, `uring-256`: `Ring.send_all`, 32 or 256 sends per io_uring_enter;
@@ -208,33 +209,46 @@ class Bench:
         }
 
     async def measure(
-        self, fn: Callable[[], list[tuple[int, int]]], frames: int, name: str
-    ) -> dict[str, Any]:
+        self, fns: dict[str, Callable[[], list[tuple[int, int]]]], frames: int, shift: int
+    ) -> dict[str, dict[str, Any]]:
+        """`frames` frames of every variant, interleaved frame by frame (the order rotated each
+        frame), so that a change in the machine's load hits every variant alike."""
         size, n = len(self.frame), self.n
-        await self.wait_read(self.sent_bytes, f"{name}: before")
-        cpu = 0.0
-        failed = 0
-        ru0 = resource.getrusage(resource.RUSAGE_SELF)
-        for _ in range(frames):
-            # at most one frame per socket unread before the next (the wait is not counted)
-            await self.wait_read(self.sent_bytes - n * size, name)
-            t0 = time.process_time()
-            bad = fn()
-            cpu += time.process_time() - t0
-            self.sent_bytes += n * size
-            for _, res in bad:
-                failed += 1
-                self.sent_bytes -= size - max(res, 0)
-        ru1 = resource.getrusage(resource.RUSAGE_SELF)
-        if name == "uvloop" and any(t.get_write_buffer_size() for t in self.transports):
-            failed += 1  # a transport had to buffer: the socket was full at least once
-        await self.wait_read(self.sent_bytes, f"{name}: after")
-        delivered = frames * n - failed
+        names = list(fns)
+        cpu = dict.fromkeys(names, 0.0)
+        user = dict.fromkeys(names, 0.0)
+        system = dict.fromkeys(names, 0.0)
+        failed = dict.fromkeys(names, 0)
+        await self.wait_read(self.sent_bytes, "before the round")
+        for f in range(frames):
+            k = (f + shift) % len(names)
+            for name in names[k:] + names[:k]:
+                if time.monotonic() > self.deadline:
+                    raise TimeoutError("--max-seconds reached")
+                # at most one frame per socket unread before the next (the wait is not counted)
+                await self.wait_read(self.sent_bytes - n * size, name)
+                ru0 = resource.getrusage(resource.RUSAGE_SELF)
+                t0 = time.process_time()
+                bad = fns[name]()
+                cpu[name] += time.process_time() - t0
+                ru1 = resource.getrusage(resource.RUSAGE_SELF)
+                user[name] += ru1.ru_utime - ru0.ru_utime
+                system[name] += ru1.ru_stime - ru0.ru_stime
+                self.sent_bytes += n * size
+                for _, res in bad:
+                    failed[name] += 1
+                    self.sent_bytes -= size - max(res, 0)
+                if name == "uvloop" and any(t.get_write_buffer_size() for t in self.transports):
+                    failed[name] += 1  # a transport had to buffer: a socket was full
+        await self.wait_read(self.sent_bytes, "after the round")
         return {
-            "us_per_frame": cpu / delivered * 1e6,
-            "failed": failed,
-            "user_s": ru1.ru_utime - ru0.ru_utime,
-            "sys_s": ru1.ru_stime - ru0.ru_stime,
+            name: {
+                "us_per_frame": cpu[name] / (frames * n - failed[name]) * 1e6,
+                "failed": failed[name],
+                "user_s": user[name],
+                "sys_s": system[name],
+            }
+            for name in names
         }
 
     async def aclose(self) -> None:
@@ -272,16 +286,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         bench.start()
         await bench.attach()
         fns = bench.variants()
-        # warm-up: every variant once, not counted
-        for name in names:
-            await bench.measure(fns[name], 2, name)
+        fns = {name: fns[name] for name in names}
+        await bench.measure(fns, 2, 0)  # warm-up, not counted
         for r in range(args.rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            this: dict[str, dict[str, Any]] = {}
-            for name in order:
-                if time.monotonic() > bench.deadline:
-                    raise TimeoutError("--max-seconds reached")
-                this[name] = await bench.measure(fns[name], args.frames, name)
+            this = await bench.measure(fns, args.frames, r)
             rounds.append(this)
             line = "  ".join(f"{k} {this[k]['us_per_frame']:.2f}" for k in names)
             print(
