@@ -216,8 +216,6 @@ class Bench:
         size, n = len(self.frame), self.n
         names = list(fns)
         cpu = dict.fromkeys(names, 0.0)
-        user = dict.fromkeys(names, 0.0)
-        system = dict.fromkeys(names, 0.0)
         failed = dict.fromkeys(names, 0)
         await self.wait_read(self.sent_bytes, "before the round")
         for f in range(frames):
@@ -227,13 +225,9 @@ class Bench:
                     raise TimeoutError("--max-seconds reached")
                 # at most one frame per socket unread before the next (the wait is not counted)
                 await self.wait_read(self.sent_bytes - n * size, name)
-                ru0 = resource.getrusage(resource.RUSAGE_SELF)
                 t0 = time.process_time()
                 bad = fns[name]()
                 cpu[name] += time.process_time() - t0
-                ru1 = resource.getrusage(resource.RUSAGE_SELF)
-                user[name] += ru1.ru_utime - ru0.ru_utime
-                system[name] += ru1.ru_stime - ru0.ru_stime
                 self.sent_bytes += n * size
                 for _, res in bad:
                     failed[name] += 1
@@ -245,8 +239,6 @@ class Bench:
             name: {
                 "us_per_frame": cpu[name] / (frames * n - failed[name]) * 1e6,
                 "failed": failed[name],
-                "user_s": user[name],
-                "sys_s": system[name],
             }
             for name in names
         }
@@ -313,8 +305,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             "ratio_min": min(ratios) if ratios else None,
             "ratio_max": max(ratios) if ratios else None,
             "failed": sum(rd[name]["failed"] for rd in rounds),
-            "sys_share": sum(rd[name]["sys_s"] for rd in rounds)
-            / max(1e-9, sum(rd[name]["sys_s"] + rd[name]["user_s"] for rd in rounds)),
         }
     return {
         "scenario": "uring",
@@ -341,17 +331,15 @@ def table(result: dict[str, Any]) -> str:
         f"{r['frames_per_variant_per_round']} frames per variant per round, {r['rounds']} rounds",
         "",
         "| variant | us per frame: median (min-max) | / c-write: median | spread (min-max) "
-        "| system share | failed sends |",
-        "|---|---|---|---|---|---|",
+        "| failed sends |",
+        "|---|---|---|---|---|",
     ]
     for name, s in r["summary"].items():
         ratio = "-" if s["ratio_median"] is None else f"{s['ratio_median']:.2f}x"
         spread = "-" if s["ratio_min"] is None else f"{s['ratio_min']:.2f}-{s['ratio_max']:.2f}"
         lo, hi = s["us_per_frame_min"], s["us_per_frame_max"]
         us = f"{s['us_per_frame_median']:.2f} ({lo:.2f}-{hi:.2f})"
-        rows.append(
-            f"| {name} | {us} | {ratio} | {spread} | {s['sys_share']:.0%} | {s['failed']} |"
-        )
+        rows.append(f"| {name} | {us} | {ratio} | {spread} | {s['failed']} |")
     return "\n".join(rows)
 
 
