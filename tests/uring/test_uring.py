@@ -325,6 +325,15 @@ def test_ring_lifecycle_and_argument_errors() -> None:
         ring.send_all([1.5], b"x")  # type: ignore[list-item]
     with pytest.raises(TypeError):
         ring.send_all(array.array("h", [1]), b"x")
+
+    class Index:
+        def __index__(self) -> int:
+            return 1
+
+    with pytest.raises(TypeError):
+        ring.send_all([Index()], b"x")  # type: ignore[list-item]
+    with pytest.raises(TypeError):
+        write_all([Index()], b"x")  # type: ignore[list-item]
     with pytest.raises(TypeError):
         ring.send_all([1], "text")  # type: ignore[arg-type]
     ring.close()

@@ -78,6 +78,11 @@ static int fdlist_get(PyObject *obj, FdList *f) {
     f->owned = 1;
     f->n = n;
     for (Py_ssize_t i = 0; i < n; i++) {
+        /* ints only: __index__ would run Python code that could change the list under `items` */
+        if (!PyLong_Check(items[i])) {
+            PyErr_Format(PyExc_TypeError, "fds[%zd] is %.100s, not an int", i, Py_TYPE(items[i])->tp_name);
+            goto fail;
+        }
         long v = PyLong_AsLong(items[i]);
         if (v == -1 && PyErr_Occurred()) goto fail;
         if (v < INT_MIN || v > INT_MAX) {
