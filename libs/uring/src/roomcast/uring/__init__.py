@@ -5,8 +5,8 @@ loop in C, two ways, with one contract:
 
 - ``Ring(entries=256)``: an io_uring instance (raw ``io_uring_setup``/``io_uring_enter`` and
   mmap'd rings; no liburing). 256 sends per submit measured best: 32 saves much less, 1,024 and
-  4,096 cost more (docs/benchmarks.md). ``OSError`` (errno kept) if io_uring cannot be used here: ENOSYS
-  (old kernel), EPERM (``kernel.io_uring_disabled``, a container's seccomp policy).
+  4,096 cost more (docs/benchmarks.md). ``OSError`` (errno kept) if io_uring cannot be used
+  here: ENOSYS (old kernel), EPERM (``kernel.io_uring_disabled``, a container's seccomp policy).
 - ``Ring.send_all(fds, data, *, release_gil=False)``: one ``IORING_OP_SEND`` of ``data`` per
   fd (``MSG_DONTWAIT | MSG_NOSIGNAL``), up to ``entries`` sends per ``io_uring_enter``. Each
   batch is submitted and all its completions reaped before the next, so when it returns every
