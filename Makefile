@@ -25,7 +25,7 @@ $(UV):
 	$(PYTHON) -m venv .tools
 	.tools/bin/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-.venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml)
+.venv/.synced: $(UV) uv.lock pyproject.toml $(wildcard libs/*/pyproject.toml services/*/pyproject.toml) $(wildcard libs/*/src/roomcast/*/*.c)
 	$(UV) sync --locked --all-packages --all-groups
 	@touch $@
 
@@ -64,7 +64,7 @@ podman:  ## install podman, runc and mmdebstrap from Debian's packages (root; sk
 lint: setup  ## ruff (lint + format check) and mypy
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy libs/core/src libs/client/src services/gateway/src
+	$(UV) run mypy libs/core/src libs/client/src libs/uring/src services/gateway/src
 
 format: setup  ## apply ruff's fixes and formatting
 	$(UV) run ruff check --fix .
