@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import struct
 
@@ -24,16 +25,32 @@ from roomcast.gateway.hub import (
 
 
 class FakeTransport:
+    """What the peer has received (`data`), and what the transport still holds (`pending`)."""
+
     def __init__(self) -> None:
         self.data = bytearray()
+        self.pending = bytearray()
         self.writes = 0
         self.broken = False
+        self.full = False  # the socket takes nothing now: writes queue, direct sends get EAGAIN
+        self.short = 0  # the next direct send takes only this many bytes
 
     def write(self, data: bytes) -> None:
         if self.broken:
             raise RuntimeError("unable to perform operation: the handler is closed")
         self.writes += 1
-        self.data += data
+        if self.full or self.pending:
+            self.pending += data
+        else:
+            self.data += data
+
+    def get_write_buffer_size(self) -> int:
+        return len(self.pending)
+
+    def drain(self) -> None:
+        self.full = False
+        self.data += self.pending
+        self.pending.clear()
 
     def frames(self) -> list[bytes]:
         """The text frames written so far (server frames: unmasked, final)."""
@@ -57,6 +74,8 @@ class FakeViewer:
         self.rooms: list[str] = []
         self.slow_since = 0.0
         self.deflate = False
+        self.fd = -1
+        self.queued = False
         self.replies: list[bytes | PendingJoin] | None = None
         self.transport = FakeTransport()
         self.sent: list[dict[str, object]] = []  # protocol messages (acks, errors)
@@ -417,3 +436,97 @@ class HubMachine(RuleBasedStateMachine):
 
 TestHubProperties = HubMachine.TestCase
 TestHubProperties.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
+
+
+# ---- a batched sender (roomcast.uring's contract) in place of transport.write --------------------
+
+
+class FakeNet:
+    """`send_all(fds, data)` over fake sockets: short writes, EAGAIN and gone peers on demand."""
+
+    def __init__(self) -> None:
+        self.by_fd: dict[int, FakeTransport] = {}
+        self.calls = 0
+
+    def add(self, *viewers: FakeViewer) -> None:
+        for v in viewers:
+            v.fd = 100 + len(self.by_fd)
+            self.by_fd[v.fd] = v.transport
+
+    def send_all(self, fds: object, data: bytes) -> list[tuple[int, int]]:
+        self.calls += 1
+        failed = []
+        for i, fd in enumerate(fds):  # type: ignore[call-overload]
+            t = self.by_fd[fd]
+            assert not t.pending, "a direct send overtook bytes the transport still holds"
+            if t.broken:
+                failed.append((i, -errno.EPIPE))
+            elif t.full:
+                failed.append((i, -errno.EAGAIN))
+            elif t.short:
+                t.data += data[: t.short]
+                failed.append((i, t.short))
+                t.short = 0
+            else:
+                t.data += data
+        return failed
+
+
+def sending_hub(*names: str) -> tuple[Hub[FakeViewer], FakeNet, list[FakeViewer]]:
+    net = FakeNet()
+    hub: Hub[FakeViewer] = Hub(sender=net.send_all)
+    viewers = [opened(hub, n) for n in names]
+    net.add(*viewers)
+    return hub, net, viewers
+
+
+def test_a_bare_room_is_one_send_call_per_frame() -> None:
+    hub, net, viewers = sending_hub("a", "b", "c")
+    live_room(hub, "r", *viewers)
+    result = hub.fanout([("r", blob("r", 1))])
+    assert net.calls == 1 and result.sent == 3
+    assert all(v.transport.frames() == [blob("r", 1)] for v in viewers)
+    assert all(v.transport.writes == 0 for v in viewers)  # no transport.write at all
+
+
+def test_eagain_and_short_writes_go_on_through_the_viewers_own_queue_in_order() -> None:
+    hub, net, (full, short, ok) = sending_hub("full", "short", "ok")
+    live_room(hub, "r", full, short, ok)
+    full.transport.full = True
+    short.transport.short = 7
+    hub.fanout([("r", blob("r", 1))])
+    assert full.queued and short.queued and not ok.queued
+    short.transport.full = True  # the socket fills up: the next frames queue behind the rest
+    for i in (2, 3):
+        hub.fanout([("r", blob("r", i))])  # the queued ones get it through their transport
+    hub.drained()
+    assert full.queued and short.queued  # still holding bytes
+    full.transport.drain()
+    short.transport.drain()
+    hub.drained()
+    assert not full.queued and not short.queued and not hub.queued
+    calls = net.calls
+    hub.fanout([("r", blob("r", 4))])
+    assert net.calls == calls + 1  # back on direct sends
+    for v in (full, short, ok):
+        assert v.transport.frames() == [blob("r", i) for i in (1, 2, 3, 4)], v
+
+
+def test_a_peer_gone_under_a_direct_send_is_dropped_alone() -> None:
+    hub, _net, (gone, ok) = sending_hub("gone", "ok")
+    live_room(hub, "r", gone, ok)
+    gone.transport.broken = True
+    result = hub.fanout([("r", blob("r", 1))])
+    assert result.broken == [gone] and gone.state is CLOSED and result.sent == 1
+    assert ok.transport.frames() == [blob("r", 1)]
+
+
+def test_a_reply_left_queued_keeps_the_viewer_off_direct_sends() -> None:
+    hub, _net, (v,) = sending_hub("v")
+    live_room(hub, "r", v)
+    v.transport.full = True
+    v.transport.write(b"\x81\x02{}")  # e.g. a pong the shell wrote; the shell then marks it
+    hub.mark_queued(v)
+    hub.fanout([("r", blob("r", 1))])
+    v.transport.drain()
+    assert v.transport.frames() == [b"{}", blob("r", 1)]

@@ -49,6 +49,9 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
       help="WebSocket ping to every viewer this often.")  # fmt: skip
 @_opt("--ping-timeout-s", default=_D.ping_timeout_s, type=click.FloatRange(min=0.1),
       help="Close a viewer whose pong has not come back after this long.")  # fmt: skip
+@_opt("--fanout", default=_D.fanout, type=click.Choice(["auto", "uring", "send", "write"]),
+      help="How a frame reaches a room's viewers: io_uring batches, a C send() loop, or "
+      "transport.write each; auto picks the first that works here (logged).")  # fmt: skip
 @_opt("--compress/--no-compress", default=_D.compress,
       help="Offer permessage-deflate; a blob is compressed once for all who accept.")  # fmt: skip
 @_opt("--compress-level", default=_D.compress_level, type=click.IntRange(1, 9),

@@ -31,6 +31,7 @@ class GatewayConfig:
     handshake_idle_s: float = 5.0  # silence allowed before the first complete request
     max_handshakes: int = 1024  # per worker, in progress at once; past it the oldest is dropped
     fd_reserve: int = 64  # descriptors kept free (health probes answer even at --max-viewers)
+    fanout: str = "auto"  # auto | uring | send | write: how a frame reaches a room's viewers
     compress: bool = True  # permessage-deflate, each blob compressed once for every viewer
     compress_level: int = 1  # zlib level, paid once per blob per worker
     compress_min_bytes: int = 256  # smaller blobs go plain to everyone

@@ -55,10 +55,12 @@ class Viewer(asyncio.Protocol):
 
     __slots__ = (
         "deflate",
+        "fd",
         "gw",
         "partial",
         "ping_sent_at",
         "proto",
+        "queued",
         "replies",
         "rooms",
         "slow_since",
@@ -75,6 +77,8 @@ class Viewer(asyncio.Protocol):
         self.replies: list[bytes | PendingJoin] | None = None  # held behind a pending join
         self.slow_since = 0.0  # > 0 while the write buffer is over the high-water mark
         self.deflate = False  # negotiated permessage-deflate: gets compressed blob frames
+        self.fd = -1  # the socket's descriptor, for the hub's direct sends while OPEN
+        self.queued = False  # the transport holds unsent bytes (the hub tracks it)
         self.ping_sent_at = 0.0  # > 0 while a WebSocket ping awaits its pong
         self.partial: bytes | None = None  # a fragmented client message being reassembled
 
@@ -191,6 +195,8 @@ class Viewer(asyncio.Protocol):
             metrics.REJECTED.labels("bad_handshake").inc()
             return
         self.deflate = bool(proto.extensions)  # permessage-deflate is the only one offered
+        sock = self.transport.get_extra_info("socket") if self.transport is not None else None
+        self.fd = sock.fileno() if sock is not None else -1
         gw.viewer_open(self)
         for room in dict.fromkeys(rooms):
             gw.join(self, room)
@@ -290,6 +296,9 @@ class Viewer(asyncio.Protocol):
             elif transport.can_write_eof():
                 transport.write_eof()
         state = self.state
+        hub = self.gw.hub
+        if hub.sender is not None and state is OPEN and transport.get_write_buffer_size():
+            hub.mark_queued(self)  # no direct send may overtake what this left queued
         if state is OPEN:
             if proto.state is not _WS_OPEN:  # failed, or began its close handshake
                 self.gw.viewer_closing(self)

@@ -22,9 +22,29 @@ from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
 from roomcast.gateway.deflate import SharedDeflateFactory
 from roomcast.gateway.feed import NatsFeed, RoomFeed
-from roomcast.gateway.hub import OPEN, Hub, Interest
+from roomcast.gateway.hub import OPEN, Hub, Interest, Sender
 
 log = logging.getLogger("roomcast.gateway")
+
+
+def choose_sender(mode: str) -> tuple[str, Sender | None]:
+    """The fan-out path for `--fanout` (auto: io_uring if it works here, else a C send() loop,
+    else each viewer's transport.write), and what to call for it."""
+    if mode == "write":
+        return "write (transport.write per viewer)", None
+    from roomcast import uring
+
+    why = uring.available()
+    if mode in ("uring", "auto") and why is None:
+        ring = uring.Ring(256)
+        return "uring (io_uring, 256 sends per submit)", ring.send_all
+    if mode == "uring":
+        raise SystemExit(f"--fanout uring: io_uring cannot be used here: {why}")
+    if uring.backend() == "c":
+        return f"send (a C send() loop; io_uring: {why})", uring.write_all
+    if mode == "send":
+        raise SystemExit("--fanout send: the roomcast.uring C extension is not built")
+    return f"write (transport.write per viewer; io_uring: {why})", None
 
 
 class Gateway:
@@ -34,7 +54,8 @@ class Gateway:
         self.cfg = cfg
         self.worker_id = worker_id
         deflater = Deflater(cfg.compress_level, cfg.compress_min_bytes) if cfg.compress else None
-        self.hub: Hub[Viewer] = Hub(max_handshakes=cfg.max_handshakes, deflater=deflater)
+        self.fanout_path, sender = choose_sender(cfg.fanout)
+        self.hub: Hub[Viewer] = Hub(cfg.max_handshakes, deflater, sender)
         self.extensions = [SharedDeflateFactory()] if cfg.compress else None
         self.feed: RoomFeed = feed or NatsFeed(
             cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}"
@@ -70,6 +91,8 @@ class Gateway:
         started = time.perf_counter()
         batch, self._batch = self._batch, []
         self._flush_scheduled = False
+        if self.hub.queued:
+            self.hub.drained()
         result = self.hub.fanout(batch)
         metrics.FRAMES_SENT.inc(result.sent)
         if result.deflated:

@@ -22,6 +22,8 @@ the shell has been told to subscribe (and not since told to unsubscribe).
 from __future__ import annotations
 
 import enum
+import errno
+from array import array
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
@@ -46,6 +48,13 @@ MAX_HELD_REPLIES = 256  # replies one viewer may have queued behind a join not y
 class Transport(Protocol):
     def write(self, data: bytes) -> object: ...
 
+    def get_write_buffer_size(self) -> int: ...
+
+
+Sender = Callable[["array[int]", bytes], list[tuple[int, int]]]
+"""Writes one frame to many descriptors (`roomcast.uring`: io_uring batches, or a C send()
+loop): returns (index, bytes sent or -errno) for each descriptor it did not fully write."""
+
 
 class Peer(Protocol):
     """What the hub needs of a viewer connection (`connection.Viewer`, or a fake in tests)."""
@@ -54,6 +63,8 @@ class Peer(Protocol):
     rooms: list[str]  # the rooms it is in (not counting push-to-all)
     slow_since: float  # > 0 while its write buffer is over the high-water mark
     deflate: bool  # negotiated permessage-deflate: gets the compressed frame
+    fd: int  # the socket's descriptor (for a Sender), valid while the viewer is OPEN
+    queued: bool  # its transport holds unsent bytes: no direct send may overtake them
     replies: list[bytes | PendingJoin] | None  # replies held behind a join not yet confirmed
 
     @property
@@ -87,6 +98,11 @@ class Room(Generic[P]):
     plain: list[Callable[[bytes], object]] | None = None
     deflated: list[Callable[[bytes], object]] = field(default_factory=list)
     bare: bool = False
+    # With a Sender: the same viewers' descriptors, and the viewers in the same order.
+    plain_fds: array[int] = field(default_factory=lambda: array("i"))
+    deflated_fds: array[int] = field(default_factory=lambda: array("i"))
+    plain_viewers: list[P] = field(default_factory=list)
+    deflated_viewers: list[P] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -115,9 +131,19 @@ class FanoutResult(Generic[P]):
 class Hub(Generic[P]):
     """One worker's viewers and rooms. Single-threaded by design (one asyncio loop per worker)."""
 
-    def __init__(self, max_handshakes: int = 1024, deflater: Deflater | None = None) -> None:
+    def __init__(
+        self,
+        max_handshakes: int = 1024,
+        deflater: Deflater | None = None,
+        sender: Sender | None = None,
+    ) -> None:
         self.max_handshakes = max_handshakes
         self.deflater = deflater  # None: never compress
+        # None: every frame goes through its viewer's transport.write. Else bare rooms' frames go
+        # to their viewers' descriptors in one call; what a descriptor did not take is handed to
+        # that viewer's transport, which then holds bytes (`queued`) until it has drained.
+        self.sender = sender
+        self.queued: set[P] = set()
         self.viewers: set[P] = set()  # OPEN viewers
         self.rooms: dict[str, Room[P]] = {}
         self.slow: set[P] = set()
@@ -170,6 +196,7 @@ class Hub(Generic[P]):
         if state is OPEN:
             self.viewers.discard(v)
             self.slow.discard(v)
+            self.queued.discard(v)
             for name in v.rooms:
                 self._remove(v, name, interest)
             v.rooms = []
@@ -380,6 +407,9 @@ class Hub(Generic[P]):
     def _write_bare(
         self, room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]
     ) -> None:
+        if self.sender is not None:
+            self._send_bare(room, frame, data, result)
+            return
         plain, deflated = room.plain, room.deflated
         assert plain is not None
         broken = len(result.broken)
@@ -393,6 +423,70 @@ class Hub(Generic[P]):
             if zframe is not frame:
                 result.deflated += len(deflated)
         result.sent += len(plain) + len(deflated) - (len(result.broken) - broken)
+
+    def _send_bare(self, room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]) -> None:
+        """The bare loop in one call per frame (io_uring batches or a C loop): no viewer here
+        has bytes queued, so a direct send keeps each viewer's order."""
+        send = self.sender
+        assert send is not None
+        broken = len(result.broken)
+        n = 0
+        if room.plain_fds:
+            failed = send(room.plain_fds, frame)
+            if failed:
+                self._after_send(room.plain_viewers, failed, frame, result)
+            n += len(room.plain_fds)
+            result.nbytes += len(room.plain_fds) * len(frame)
+        if room.deflated_fds:
+            zframe = self._deflate(data) or frame
+            failed = send(room.deflated_fds, zframe)
+            if failed:
+                self._after_send(room.deflated_viewers, failed, zframe, result)
+            n += len(room.deflated_fds)
+            result.nbytes += len(room.deflated_fds) * len(zframe)
+            if zframe is not frame:
+                result.deflated += len(room.deflated_fds)
+        result.sent += n - (len(result.broken) - broken)
+
+    def _after_send(
+        self,
+        viewers: list[P],
+        failed: list[tuple[int, int]],
+        frame: bytes,
+        result: FanoutResult[P],
+    ) -> None:
+        """Descriptors that did not take the whole frame: the rest goes to the viewer's own
+        transport queue, in order (a short write: the remainder; EAGAIN: all of it); any other
+        error means the connection is gone."""
+        for i, sent in failed:
+            v = viewers[i]
+            if sent >= 0:
+                rest = frame[sent:]
+            elif sent == -errno.EAGAIN:
+                rest = frame
+            else:
+                result.broken.append(v)
+                continue
+            try:
+                v.transport.write(rest)  # type: ignore[union-attr]
+            except Exception:
+                result.broken.append(v)
+                continue
+            self.mark_queued(v)
+
+    def mark_queued(self, v: P) -> None:
+        """The viewer's transport holds unsent bytes: out of the direct-send lists until drained."""
+        if not v.queued and v.state is OPEN:
+            v.queued = True
+            self.queued.add(v)
+            self._changed(v)
+
+    def drained(self) -> None:
+        """Viewers whose queued bytes have all gone out may be sent to directly again."""
+        for v in [v for v in self.queued if not v.transport.get_write_buffer_size()]:  # type: ignore[union-attr]
+            v.queued = False
+            self.queued.discard(v)
+            self._changed(v)
 
     def _deflate(self, data: bytes) -> bytes | None:
         return None if self.deflater is None else self.deflater.frame(data)
@@ -440,6 +534,8 @@ class Hub(Generic[P]):
             except Exception:
                 result.broken.append(v)
                 continue
+            if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
+                self.mark_queued(v)
             result.sent += 1
             result.nbytes += len(out)
             result.deflated += out is not frame
@@ -488,6 +584,8 @@ class Hub(Generic[P]):
                 except Exception:
                     result.broken.append(v)
                     continue
+                if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
+                    self.mark_queued(v)
                 result.sent += 1
                 result.nbytes += len(out)
                 result.deflated += out is not frame
@@ -502,6 +600,8 @@ class Hub(Generic[P]):
             except Exception:
                 result.broken.append(v)
                 continue
+            if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
+                self.mark_queued(v)
             result.sent += len(frames)
             result.nbytes += len(out)
             if v.deflate:
@@ -512,14 +612,20 @@ class Hub(Generic[P]):
         result.interest.unsubscribe += interest.unsubscribe
 
     def _writers(self, room: Room[P]) -> None:
-        """Work out the room's bare-loop writer lists (plain and deflate viewers apart)."""
+        """Work out the room's bare-loop lists (plain and deflate viewers apart): writers, or
+        with a Sender the descriptors (viewers with queued bytes are not bare)."""
         vs = room.viewers
-        room.bare = all(not v.slow_since and len(v.rooms) == 1 for v in vs)
-        if room.bare:
-            room.plain = [v.transport.write for v in vs if not v.deflate]  # type: ignore[union-attr]
-            room.deflated = [v.transport.write for v in vs if v.deflate]  # type: ignore[union-attr]
-        else:
+        room.bare = all(not v.slow_since and not v.queued and len(v.rooms) == 1 for v in vs)
+        plain = [v for v in vs if not v.deflate] if room.bare else []
+        deflated = [v for v in vs if v.deflate] if room.bare else []
+        if self.sender is not None:
+            room.plain_viewers, room.deflated_viewers = plain, deflated
+            room.plain_fds = array("i", [v.fd for v in plain])
+            room.deflated_fds = array("i", [v.fd for v in deflated])
             room.plain, room.deflated = [], []
+        else:
+            room.plain = [v.transport.write for v in plain]  # type: ignore[union-attr]
+            room.deflated = [v.transport.write for v in deflated]  # type: ignore[union-attr]
 
     def _changed(self, v: P) -> None:
         """`v` joined, left, got slow or caught up: its rooms' writer lists are stale."""

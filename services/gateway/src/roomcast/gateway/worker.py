@@ -114,7 +114,7 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
         log.info(
             "gateway worker listening",
             extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "worker": worker_id,
-                   "pid": os.getpid()},
+                   "pid": os.getpid(), "fanout": gw.fanout_path},
         )  # fmt: skip
         await stopping
     else:
