@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
+import pytest
 
 from tests.support import ROOMCAST, Service, free_port, unique, wait_http_ok
 
@@ -127,6 +128,98 @@ def test_watch_says_it_is_connecting_retrying_lost_and_reconnected(
     finally:
         watch.kill()
         watch.wait(10)
+
+
+def _produce(
+    kafka: str, *args: str, stdin: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*ROOMCAST, "produce", "--kafka", kafka, *args],
+        input=stdin,
+        capture_output=True,
+        timeout=60,
+    )
+    return subprocess.CompletedProcess(
+        done.args, done.returncode, done.stdout.decode(), done.stderr.decode(errors="replace")
+    )
+
+
+def test_produce_invalid_utf8_is_a_clear_error(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str]
+) -> None:
+    topic = kafka_topic(partitions=1, dlq=False)
+    piped = _produce(
+        kafka_bootstrap,
+        "--room",
+        "r",
+        "--topic",
+        topic,
+        stdin=b'{"ok":1}\n{"text":"\xff"}\n{"n":3}\n',
+    )
+    assert piped.returncode == 1, piped.stderr
+    assert "event 2 is not valid UTF-8 (byte 0xff at position 9)" in piped.stderr, piped.stderr
+    assert "produced 1 event" in piped.stderr  # the one before it went; none after it
+    assert "Traceback" not in piped.stderr
+    arg = subprocess.run(
+        [*ROOMCAST, "produce", "--kafka", kafka_bootstrap, "--room", "r", "--topic", topic,
+         os.fsdecode(b'{"text":"\xc3"}')],
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert arg.returncode == 1 and b"event 1 is not valid UTF-8" in arg.stderr, arg.stderr
+
+
+def test_produce_size_limit_is_its_own_option(
+    kafka_bootstrap: str, kafka_topic: Callable[..., str]
+) -> None:
+    topic = kafka_topic(partitions=1, dlq=False)
+    big = _produce(
+        kafka_bootstrap,
+        "--room",
+        "r",
+        "--topic",
+        topic,
+        "--max-event-bytes",
+        "10",
+        '{"text":"hello"}',
+    )
+    assert big.returncode == 1, big.stderr
+    assert "event 1 is 16 bytes, over --max-event-bytes (10)" in big.stderr, big.stderr
+    ok = _produce(
+        kafka_bootstrap,
+        "--room",
+        "r",
+        "--topic",
+        topic,
+        "--max-event-bytes",
+        "16",
+        '{"text":"hello"}',
+    )
+    assert ok.returncode == 0, ok.stderr
+
+
+def test_produce_kafka_problems_exit_3(kafka_bootstrap: str) -> None:
+    started = time.monotonic()
+    no_topic = _produce(kafka_bootstrap, "--room", "r", "--topic", unique("missing"), "{}")
+    assert no_topic.returncode == 3, no_topic.stderr
+    assert "has no topic" in no_topic.stderr and "Traceback" not in no_topic.stderr
+    assert time.monotonic() - started < 10  # said at once, not after the request timeout
+    with listening(1) as [port]:  # something that is not Kafka: nothing answers it
+        pass
+    down = _produce(f"127.0.0.1:{port}", "--room", "r", "{}")
+    assert down.returncode == 3, down.stderr
+    assert f"cannot reach Kafka at 127.0.0.1:{port}" in down.stderr
+    assert "Unable connect" not in down.stderr  # aiokafka's own log lines stay quiet
+
+
+@pytest.mark.parametrize("command", ["dev", "watch", "produce"])
+def test_help_documents_the_exit_codes(command: str) -> None:
+    done = subprocess.run(
+        [*ROOMCAST, command, "--help"], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0
+    assert "Exit status:" in done.stdout
+    assert "  0  " in done.stdout and "  1  " in done.stdout and "  2  " in done.stdout
 
 
 def test_watch_refused_for_good_is_exit_1_without_traceback(
