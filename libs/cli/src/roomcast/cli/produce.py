@@ -122,14 +122,16 @@ async def _produce(
         return 0, KafkaProblem(
             f"cannot reach Kafka at {kafka}; is it running? (`roomcast dev` starts one)"
         )
-    try:  # a missing topic is said at once, not after the request timeout
-        cluster = await producer.client.fetch_all_metadata()
-        missing = topic not in cluster.topics()
-    except KafkaError:
-        missing = False  # the sends below say what is wrong
-    if missing:
-        await producer.stop()
-        return 0, KafkaProblem(f"Kafka at {kafka} has no topic {topic!r}")
+
+    async def check_topic() -> None:
+        """A missing topic is said at once, not after the request timeout."""
+        try:
+            cluster = await producer.client.fetch_all_metadata()
+        except KafkaError:
+            return  # the sends say what is wrong
+        if topic not in cluster.topics():
+            raise UnknownTopicOrPartitionError()
+
     key = room.encode()
     sent = 0
     pending: list[asyncio.Future[object]] = []
@@ -153,6 +155,8 @@ async def _produce(
             except click.ClickException as exc:
                 error = exc
                 break
+            if not (sent or pending):  # before the first event only
+                await check_topic()
             pending.append(await producer.send(topic, value, key=key))
             if len(pending) >= 1000:
                 await settle()
