@@ -165,7 +165,9 @@ class Supervisor:
                 try:
                     await asyncio.wrap_future(self._pool.submit(c.start))
                 except Exception as exc:
-                    reason, output, ran_s = "could not start", str(exc), 0.0
+                    status = c.exit_status()
+                    how = f" ({describe_exit(status)})" if status is not None else ""
+                    reason, output, ran_s = f"could not start{how}", str(exc), 0.0
                     excused = self._down(c.needs)
                     continue
                 break
