@@ -36,7 +36,8 @@ def test_produce_then_watch_shows_the_events(
     try:
         # Like a person: produce once watch says it is watching.
         assert watch.stderr is not None
-        assert "watching" in watch.stderr.readline()
+        said = [watch.stderr.readline() for _ in range(2)]  # "connecting to ...", "watching ..."
+        assert said[0].startswith("connecting to ") and "watching" in said[1], said
         # One event as an argument, then two on stdin, like a shell pipeline.
         subprocess.run(
             ROOMCAST

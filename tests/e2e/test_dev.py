@@ -39,6 +39,8 @@ def test_dev_runs_the_demo_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             str(kafka_port),
             "--port",
             str(port),
+            "--ingest-metrics-port",
+            str(free_port()),  # not 9464: another stack on this machine may hold it
             "--rate",
             "40",
             "--window-ms",

@@ -10,6 +10,6 @@ closes it with a resumable code (slow viewer, drain), joins its rooms again, and
 has already seen (roomcast.core.positions.Deduper), so a replay never shows an event twice.
 """
 
-from roomcast.client.viewer import ReceivedBlob, Viewer, ViewerClosed
+from roomcast.client.viewer import ConnectionStatus, ReceivedBlob, Viewer, ViewerClosed
 
-__all__ = ["ReceivedBlob", "Viewer", "ViewerClosed"]
+__all__ = ["ConnectionStatus", "ReceivedBlob", "Viewer", "ViewerClosed"]

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import socket
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Literal
 
 import msgspec
 from websockets.asyncio.client import ClientConnection, connect
@@ -30,6 +32,39 @@ class ViewerClosed(RoomcastError):
         super().__init__(f"gateway closed the connection: code {code} {reason!r}")
         self.code = code
         self.reason = reason
+
+
+State = Literal["connecting", "retrying", "connected", "reconnected", "lost"]
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionStatus:
+    """What the connection is doing, for whoever shows it to a person (`roomcast watch`).
+
+    `state` is "connecting" (an attempt starts), "retrying" (it failed: `error`, next try in
+    `retry_in_s`), "connected" (first connection), "reconnected" (again, after a loss) or
+    "lost" (the connection dropped or the gateway closed it resumably: `error`; reconnecting).
+    """
+
+    state: State
+    url: str
+    error: str = ""
+    retry_in_s: float = 0.0
+
+
+def describe_connect_error(exc: BaseException) -> str:
+    """A failed connection attempt in a few words: "connection refused", "HTTP 503", ..."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, InvalidStatus):
+        return f"gateway answered HTTP {exc.response.status_code}"
+    if isinstance(exc, TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, socket.gaierror):
+        return f"cannot resolve the host ({exc.strerror})"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +98,7 @@ class Viewer:
         backoff_max_s: float = 15.0,
         open_timeout_s: float = 10.0,
         on_joined: Callable[[str], None] | None = None,
+        on_status: Callable[[ConnectionStatus], None] | None = None,
     ) -> None:
         self.rooms = [check_room(r) for r in rooms]
         self.url = url
@@ -71,6 +107,7 @@ class Viewer:
         self.backoff_max_s = backoff_max_s
         self.open_timeout_s = open_timeout_s
         self.on_joined = on_joined
+        self.on_status = on_status
         self.joined: set[str] = set()  # rooms the gateway confirmed on this connection
         self.dedup = Deduper()
         self.connects = 0
@@ -82,8 +119,13 @@ class Viewer:
         query = urllib.parse.parse_qsl(parts.query) + [("room", r) for r in self.rooms]
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
+    def _status(self, state: State, error: str = "", retry_in_s: float = 0.0) -> None:
+        if self.on_status is not None:
+            self.on_status(ConnectionStatus(state, self.url, error, retry_in_s))
+
     async def _connect(self) -> ClientConnection:
         delay = self.backoff_initial_s
+        self._status("connecting")
         while True:
             try:
                 ws = await connect(
@@ -93,6 +135,7 @@ class Viewer:
                     max_size=None,
                 )
                 self.connects += 1
+                self._status("connected" if self.connects == 1 else "reconnected")
                 return ws
             except (OSError, InvalidHandshake, TimeoutError) as exc:
                 if isinstance(exc, InvalidStatus) and exc.response.status_code in (400, 401, 403):
@@ -102,6 +145,7 @@ class Viewer:
                 # Full jitter: a gateway restart must not bring every viewer back at once.
                 wait = random.uniform(0, delay)
                 log.info("connect to %s failed (%s); retrying in %.2fs", self.url, exc, wait)
+                self._status("retrying", describe_connect_error(exc), wait)
                 await asyncio.sleep(wait)
                 delay = min(delay * 2, self.backoff_max_s)
 
@@ -151,6 +195,10 @@ class Viewer:
             if not (self.reconnect and _resumable(code)):
                 raise ViewerClosed(code, reason)
             log.info("connection closed (%s %s); reconnecting", code, reason)
+            self._status(
+                "lost",
+                "no close frame" if code is None else f"gateway closed it: {code} {reason}".strip(),
+            )
             self.joined.clear()
             self._ws = await self._connect()
 

@@ -5,15 +5,62 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Callable
 
 import click
+from websockets.exceptions import InvalidStatus
 
-from roomcast.client.viewer import Viewer, ViewerClosed
-from roomcast.core.errors import RoomcastError
+from roomcast.client.viewer import ConnectionStatus, Viewer, ViewerClosed, describe_connect_error
+from roomcast.core.errors import RoomcastError, RoomNameError
+from roomcast.core.rooms import check_room
+
+EXIT_CODES = """\b
+Exit status:
+  0  --count lines printed, or stopped with Ctrl-C
+  1  --timeout passed first, or the gateway turned the viewer away for good
+     (HTTP 400/401/403, or a close code that says not to come back)
+  2  bad usage: a bad room name, an unknown option
+"""
 
 
-@click.command()
-@click.argument("rooms", nargs=-1, required=True)
+def _status_printer() -> Callable[[ConnectionStatus], None]:
+    """Connection changes on stderr, one line each; stdout carries only what the rooms say."""
+    lost = False
+
+    def show(status: ConnectionStatus) -> None:
+        nonlocal lost
+        if status.state == "connecting":
+            if lost:
+                return  # "connection lost ...; reconnecting" said it
+            line = f"connecting to {status.url}"
+        elif status.state == "retrying":
+            line = f"{status.error}, retrying in {status.retry_in_s:.2g} s"
+        elif status.state == "lost":
+            lost = True
+            line = f"connection lost ({status.error}); reconnecting"
+        elif status.state == "reconnected":
+            # No resume yet: the gateway sends what is published from now on.
+            line = f"reconnected to {status.url}; events sent while disconnected are not replayed"
+        else:
+            return  # connected: the "watching ROOM" lines say so
+        click.echo(line, err=True)
+
+    return show
+
+
+def _check_rooms(
+    ctx: click.Context, param: click.Parameter, rooms: tuple[str, ...]
+) -> tuple[str, ...]:
+    for room in rooms:
+        try:
+            check_room(room)
+        except RoomNameError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return rooms
+
+
+@click.command(epilog=EXIT_CODES)
+@click.argument("rooms", nargs=-1, required=True, callback=_check_rooms)
 @click.option(
     "--url",
     default="ws://127.0.0.1:8080/ws",
@@ -46,12 +93,19 @@ def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout
     Each blob line shows the arrival time, the room, how many events it merged and their Kafka
     positions, then the blob itself as the gateway sent it:
         12:00:01.004 lobby p3 10..14 (5 events) {"type":"blob","room":"lobby",...}
-    The viewer reconnects by itself if the gateway restarts, and never prints an event twice.
+    The viewer reconnects by itself if the gateway is unreachable or goes away, and never prints
+    an event twice. Connection changes go to stderr, one line each: "connecting to URL",
+    "connection refused, retrying in 0.4 s", "connection lost (...); reconnecting",
+    "reconnected to URL" (events sent while it was disconnected are not replayed).
     """
     try:
         ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout))
     except KeyboardInterrupt:
         ok = True
+    except InvalidStatus as exc:
+        raise click.ClickException(
+            f"the gateway at {url} refused the viewer: {describe_connect_error(exc)}"
+        ) from None
     except (RoomcastError, OSError) as exc:
         raise click.ClickException(str(exc)) from None
     sys.exit(0 if ok else 1)
@@ -67,7 +121,7 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
         def joined(room: str) -> None:
             click.echo(f"watching {room} on {url}", err=True)
 
-        async with Viewer(url, rooms, on_joined=joined) as viewer:
+        async with Viewer(url, rooms, on_joined=joined, on_status=_status_printer()) as viewer:
             async for got in viewer:
                 stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
                 b = got.blob

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
+import logging
 import signal
-import subprocess
 import sys
 import time
 import urllib.request
@@ -15,53 +13,88 @@ from pathlib import Path
 import click
 
 from roomcast.devstack.demo import demo_rooms, run_demo_producer
+from roomcast.devstack.process import (
+    BrokerError,
+    ManagedProcess,
+    describe_exit,
+    install_signal_handlers,
+    port_in_use,
+    port_in_use_message,
+)
+from roomcast.devstack.supervisor import Child, GaveUp, Supervisor, port_hint
 
 ROOMCAST = [sys.executable, "-m", "roomcast.cli"]
 
-
-class _Proc:
-    """A service subprocess in its own process group, logging to a file."""
-
-    def __init__(self, name: str, args: list[str], log_dir: Path) -> None:
-        self.name = name
-        self.log_path = log_dir / f"{name}.log"
-        self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            ROOMCAST + args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def tail(self, n: int = 20) -> str:
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        self._log.close()
+EXIT_CODES = """\b
+Exit status:
+  0  stopped by Ctrl-C, SIGTERM or --duration
+  1  could not start (a port in use, a broker that did not come up, ...),
+     or a service kept crashing (its own output is shown)
+  2  bad usage: an unknown option or a bad value
+"""
 
 
-def _wait_healthy(url: str, proc: _Proc, timeout: float) -> None:
+def _echo(line: str) -> None:
+    click.echo(f"{time.strftime('%H:%M:%S')} {line}", err=True)
+
+
+def _service(
+    name: str,
+    args: list[str],
+    log_dir: Path,
+    needs: tuple[str, ...],
+    ports: dict[int, str],
+    health_url: str | None = None,
+) -> Child:
+    """A roomcast subcommand as a supervised child; with `health_url`, started = it answers."""
+    proc = ManagedProcess(name, ROOMCAST + args, log_dir / f"{name}.log")
+
+    def start() -> None:
+        proc.start()
+        if health_url is not None:
+            _wait_healthy(health_url, proc, ports, timeout=30)
+
+    return Child(name, start, lambda: proc.stop(timeout=20), lambda: proc, needs, ports)
+
+
+def _wait_healthy(url: str, proc: ManagedProcess, ports: dict[int, str], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not proc.alive():
-            raise click.ClickException(f"{proc.name} exited at start:\n{proc.tail()}")
+        if proc.returncode is not None:
+            out = proc.log_tail(20)
+            raise BrokerError(
+                f"{proc.name} exited at start ({describe_exit(proc.returncode)});"
+                f" its output ({proc.log_path}):\n{out}{port_hint(out, ports)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=1):
                 return
         except OSError:
             time.sleep(0.2)
-    raise click.ClickException(f"{proc.name} not healthy after {timeout:g}s:\n{proc.tail()}")
+    raise BrokerError(
+        f"{proc.name} not healthy after {timeout:g}s; its output ({proc.log_path}):\n"
+        + proc.log_tail(20)
+    )
 
 
-@click.command()
+def _check_ports(wanted: list[tuple[int, str, str]]) -> None:
+    """Fail before starting anything if a port we are about to listen on is taken."""
+    problems: list[str] = []
+    seen: dict[int, str] = {}
+    for port, what, option in wanted:
+        if port in seen:
+            problems.append(
+                f"port {port} is asked for both {seen[port]} and {what};"
+                f" choose another with {option}"
+            )
+        elif port_in_use(port):
+            problems.append(port_in_use_message(port, what, option))
+        seen[port] = what
+    if problems:
+        raise click.ClickException("\n".join(problems))
+
+
+@click.command(epilog=EXIT_CODES)
 @click.option(
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -83,9 +116,22 @@ def _wait_healthy(url: str, proc: _Proc, timeout: float) -> None:
     show_envvar=True,
     help="Use this NATS (nats://HOST:PORT) instead of starting one.",
 )
-@click.option("--kafka-port", default=9092, show_default=True, help="Port of the Kafka we start.")
-@click.option("--nats-port", default=4222, show_default=True, help="Port of the NATS we start.")
-@click.option("--port", default=8080, show_default=True, help="The gateway's WebSocket port.")
+@click.option(
+    "--kafka-port", default=9092, type=click.IntRange(1, 65535), show_default=True,
+    help="Port of the Kafka we start.",
+)  # fmt: skip
+@click.option(
+    "--nats-port", default=4222, type=click.IntRange(1, 65535), show_default=True,
+    help="Port of the NATS we start.",
+)  # fmt: skip
+@click.option(
+    "--port", default=8080, type=click.IntRange(1, 65535), show_default=True,
+    help="The gateway's WebSocket port.",
+)  # fmt: skip
+@click.option(
+    "--ingest-metrics-port", default=9464, type=click.IntRange(0, 65535), show_default=True,
+    help="The ingest worker's Prometheus /metrics port (0: none).",
+)  # fmt: skip
 @click.option("--topic", default="roomcast.events", show_default=True)
 @click.option("--window-ms", default=1000, show_default=True, help="Ingest merge window.")
 @click.option("--rooms", default=3, show_default=True, help="Demo rooms: demo-1 ... demo-N.")
@@ -105,6 +151,7 @@ def dev(
     kafka_port: int,
     nats_port: int,
     port: int,
+    ingest_metrics_port: int,
     topic: str,
     window_ms: int,
     rooms: int,
@@ -121,8 +168,14 @@ def dev(
         roomcast watch demo-2 --events              # one line per event
         roomcast produce --room demo-1 '{"text":"hello from me"}'
     Logs: STATE_DIR/*.log. Brokers' data stays in STATE_DIR between runs.
+
+    \b
+    Supervision: a child that dies (nats-server, Kafka, ingest or the gateway) is restarted with
+    backoff (0.5 s, doubling up to 8 s), with one line saying how it ended; brokers come back on
+    the same port with the same data. A child that crashes 5 times in a row, each within 30 s of
+    its start, stops everything and its own output is shown.
     """
-    from roomcast.devstack import BrokerError, LocalKafka, LocalNats
+    from roomcast.devstack import LocalKafka, LocalNats
     from roomcast.devstack.kafka import ensure_topics
 
     names = demo_rooms(rooms)
@@ -130,70 +183,125 @@ def dev(
         if kafka is None:
             raise click.UsageError("--demo-only needs --kafka (or ROOMCAST_KAFKA)")
         click.echo(f"demo: {rate:g} events/s over {', '.join(names)} to {kafka} {topic}")
-        asyncio.run(_run_demo(kafka, topic, names, rate, duration, []))
+        asyncio.run(_run(None, kafka, topic, names, rate, duration))
         return
+    wanted = [(port, "the gateway", "--port")]
+    if ingest_metrics_port:
+        wanted.append((ingest_metrics_port, "ingest metrics", "--ingest-metrics-port"))
+    if nats is None:
+        wanted.append((nats_port, "NATS", "--nats-port"))
+    if kafka is None:
+        wanted.append((kafka_port, "Kafka", "--kafka-port"))
+    _check_ports(wanted)
     state_dir.mkdir(parents=True, exist_ok=True)
-    with contextlib.ExitStack() as stack:
+    children: list[Child] = []
+    supervisor = None
+    try:
         try:
             if nats is None:
                 click.echo(f"starting NATS (JetStream) on 127.0.0.1:{nats_port} ...")
-                nats = stack.enter_context(LocalNats(state_dir / "nats", port=nats_port)).url
+                nb = LocalNats(state_dir / "nats", port=nats_port)
+                children.append(Child("nats-server", nb.start, nb.stop, lambda: nb.process))
+                children[-1].start()
+                nats = nb.url
             if kafka is None:
                 click.echo(f"starting Kafka 4.3.1 (KRaft) on 127.0.0.1:{kafka_port} ...")
-                broker = stack.enter_context(
-                    LocalKafka(state_dir / "kafka", port=kafka_port, topics={topic: 8})
-                )
-                kafka = broker.bootstrap
+                kb = LocalKafka(state_dir / "kafka", port=kafka_port, topics={topic: 8})
+                children.append(Child("kafka", kb.start, kb.stop, lambda: kb.process))
+                children[-1].start()
+                kafka = kb.bootstrap
             else:
                 click.echo(f"using Kafka at {kafka}; creating {topic} (8 partitions) if missing")
                 ensure_topics(kafka, {topic: 8, f"{topic}.dlq": 1})
+            brokers = tuple(c.name for c in children)
+            ingest = _service(
+                "ingest",
+                ["ingest", "--kafka", kafka, "--nats", nats, "--topic", topic]
+                + ["--window-ms", str(window_ms), "--metrics-port", str(ingest_metrics_port)],
+                state_dir,
+                needs=brokers,
+                ports={ingest_metrics_port: "--ingest-metrics-port"} if ingest_metrics_port else {},
+                # Its metrics endpoint answers once it runs (it does not wait for the brokers).
+                health_url=f"http://127.0.0.1:{ingest_metrics_port}/metrics"
+                if ingest_metrics_port
+                else None,
+            )
+            children.append(ingest)
+            ingest.start()
+            gateway = _service(
+                "gateway",
+                ["gateway", "--nats", nats, "--host", "127.0.0.1", "--port", str(port)]
+                + ["--workers", "1"],
+                state_dir,
+                needs=tuple(b for b in brokers if b == "nats-server"),
+                ports={port: "--port"},
+                health_url=f"http://127.0.0.1:{port}/healthz",
+            )
+            children.append(gateway)
+            gateway.start()
         except BrokerError as exc:
             raise click.ClickException(str(exc)) from None
-        procs: list[_Proc] = []
-        stack.callback(lambda: [p.stop() for p in reversed(procs)])
-        procs.append(
-            _Proc(
-                "ingest",
-                [
-                    "ingest",
-                    "--kafka",
-                    kafka,
-                    "--nats",
-                    nats,
-                    "--topic",
-                    topic,
-                    "--window-ms",
-                    str(window_ms),
-                ],
-                state_dir,
-            )
+        metrics = (
+            f"metrics http://127.0.0.1:{ingest_metrics_port}/metrics"
+            if ingest_metrics_port
+            else "no metrics port"
         )
-        gateway = _Proc(
-            "gateway", ["gateway", "--nats", nats, "--port", str(port), "--workers", "1"], state_dir
-        )
-        procs.append(gateway)
-        _wait_healthy(f"http://127.0.0.1:{port}/healthz", gateway, 30)
         click.echo(
             "\nroomcast is running:\n"
             f"  Kafka     {kafka}  topic {topic}\n"
             f"  NATS      {nats}\n"
-            f"  ingest    window {window_ms} ms        log {procs[0].log_path}\n"
-            f"  gateway   ws://127.0.0.1:{port}/ws   log {gateway.log_path}\n"
+            f"  ingest    window {window_ms} ms, {metrics}   log {state_dir / 'ingest.log'}\n"
+            f"  gateway   ws://127.0.0.1:{port}/ws   log {state_dir / 'gateway.log'}\n"
             f"  demo      {rate:g} events/s over {', '.join(names)}\n\n"
             f"watch a room:   roomcast watch {names[0]}\n"
             f'say something:  roomcast produce --room {names[0]} \'{{"text":"hi"}}\'\n'
-            "Ctrl-C stops everything.\n"
+            "A service or broker that dies is restarted. Ctrl-C stops everything.\n"
         )
-        try:
-            sent = asyncio.run(_run_demo(kafka, topic, names, rate, duration, procs))
-        except KeyboardInterrupt:
-            sent = None
+        supervisor = Supervisor(children, _echo)
+        gave_up, sent = asyncio.run(_run(supervisor, kafka, topic, names, rate, duration))
+        # asyncio put back the default handlers: a SIGTERM now must still stop the children.
+        install_signal_handlers()
+        if gave_up is not None:
+            _report(gave_up)
         click.echo("\nstopping ..." + (f" (the demo produced {sent} events)" if sent else ""))
+    except KeyboardInterrupt:  # Ctrl-C while starting
+        click.echo("\nstopping ...")
+        gave_up = None
+    finally:
+        if supervisor is not None:
+            supervisor.shutdown()
+        else:
+            for c in reversed(children):
+                c.stop()
+    if gave_up is not None:
+        sys.exit(1)
 
 
-async def _run_demo(
-    kafka: str, topic: str, rooms: list[str], rate: float, duration: float, procs: list[_Proc]
-) -> int:
+def _report(g: GaveUp) -> None:
+    proc = g.child.process()
+    if g.reason.startswith("died") and proc is not None:
+        header = f"The last time it {g.reason}; its output since it started ({proc.log_path}):"
+    else:
+        header = f"The last time it {g.reason}:"
+    body = "\n".join("  " + line for line in g.output.splitlines())
+    click.echo(
+        f"\n{g.child.name} keeps crashing ({g.child.crashes} times in a row, each soon after it"
+        f" started); stopping everything.\n{header}\n{body}",
+        err=True,
+    )
+
+
+async def _run(
+    supervisor: Supervisor | None,
+    kafka: str,
+    topic: str,
+    rooms: list[str],
+    rate: float,
+    duration: float,
+) -> tuple[GaveUp | None, int | None]:
+    """The demo producer and the supervisor, until Ctrl-C, SIGTERM, --duration or a give-up."""
+    # The demo's own lines say when Kafka is gone and back; aiokafka's would repeat it each try.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -201,16 +309,17 @@ async def _run_demo(
     if duration > 0:
         loop.call_later(duration, stop.set)
 
-    async def watchdog() -> None:
-        while not stop.is_set():
-            for p in procs:
-                if not p.alive():
-                    click.echo(f"{p.name} exited (code {p.proc.returncode}):\n{p.tail()}", err=True)
-                    stop.set()
-            await asyncio.sleep(0.5)
+    async def demo() -> int | None:
+        try:
+            return await run_demo_producer(kafka, topic, rooms, rate, stop, _echo)
+        except Exception as exc:  # the demo is a convenience: its failure never stops the stack
+            _echo(f"the demo producer stopped: {exc!r}")
+            return None
 
-    dog = asyncio.create_task(watchdog())
-    try:
-        return await run_demo_producer(kafka, topic, rooms, rate, stop)
-    finally:
-        dog.cancel()
+    demo_task = asyncio.create_task(demo())
+    gave_up = None
+    if supervisor is not None:
+        gave_up = await supervisor.run(stop)
+    else:
+        await stop.wait()
+    return gave_up, await demo_task

@@ -8,6 +8,7 @@ import itertools
 import json
 import random
 import time
+from collections.abc import Callable
 
 NAMES = ["ana", "bo", "chen", "dara", "eli", "femi", "gus", "hana", "ivo", "jun"]
 LINES = [
@@ -43,16 +44,39 @@ async def run_demo_producer(
     rooms: list[str],
     rate_per_s: float,
     stop: asyncio.Event,
+    echo: Callable[[str], None] = print,
     seed: int = 7,
 ) -> int:
-    """Produce `rate_per_s` events per second over `rooms` until `stop` is set; return the count."""
+    """Produce `rate_per_s` events per second over `rooms` until `stop` is set; return how many
+    Kafka acknowledged. While Kafka is unreachable (restarting), events that cannot be sent are
+    dropped and counted, with one line when that starts and one when it ends."""
     from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaError
 
     rng = random.Random(seed)
-    producer = AIOKafkaProducer(bootstrap_servers=kafka, linger_ms=10, acks=1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=kafka, linger_ms=10, acks=1, request_timeout_ms=10_000
+    )
     await producer.start()
     seqs = dict.fromkeys(rooms, 0)
     sent = 0
+    failing = 0  # events lost since the current outage began
+
+    def delivered(fut: asyncio.Future[object]) -> None:
+        nonlocal sent, failing
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            sent += 1
+            if failing:
+                echo(f"demo: Kafka takes events again ({failing} dropped meanwhile)")
+                failing = 0
+            return
+        if not failing:
+            echo(f"demo: cannot send to Kafka ({exc!r}); dropping events until it is back")
+        failing += 1
+
     interval = 1.0 / rate_per_s
     next_at = time.monotonic()
     try:
@@ -63,14 +87,22 @@ async def run_demo_producer(
             if rng.random() < 0.5:
                 room = rooms[0]
             seqs[room] += 1
-            await producer.send(topic, demo_event(room, seqs[room], rng), key=room.encode())
-            sent += 1
-            next_at += interval
+            event = demo_event(room, seqs[room], rng)
+            try:
+                fut = await producer.send(topic, event, key=room.encode())
+            except KafkaError as exc:
+                failed: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+                failed.set_exception(exc)
+                fut = failed
+            fut.add_done_callback(delivered)
+            next_at = max(next_at + interval, time.monotonic() - 1.0)  # no burst after a stall
             delay = next_at - time.monotonic()
             if delay > 0:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
-        await producer.flush()
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(producer.flush(), 5)
     finally:
-        await producer.stop()
+        with contextlib.suppress(KafkaError, TimeoutError):
+            await asyncio.wait_for(producer.stop(), 5)
     return sent

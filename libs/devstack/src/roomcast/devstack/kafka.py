@@ -123,6 +123,11 @@ class LocalKafka:
         return self._proc.pid if self._proc else None
 
     @property
+    def process(self) -> ManagedProcess | None:
+        """The broker's JVM once started (its exit status, its log since it started)."""
+        return self._proc
+
+    @property
     def log_path(self) -> Path:
         return self.state_dir / "kafka.log"
 
@@ -148,6 +153,10 @@ class LocalKafka:
             "share.coordinator.state.topic.replication.factor": "1",
             "share.coordinator.state.topic.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
+            # After a kill -9 the restarted node must wait for its old registration's session
+            # to expire before it serves (9 s by default): keep that short on one machine.
+            "broker.heartbeat.interval.ms": "500",
+            "broker.session.timeout.ms": "3000",
             # Topics are created on purpose (with their partition counts), never by a typo.
             "auto.create.topics.enable": "false",
             "log.retention.hours": "24",

@@ -66,6 +66,11 @@ class LocalNats:
     def pid(self) -> int | None:
         return self._proc.pid
 
+    @property
+    def process(self) -> ManagedProcess:
+        """The nats-server process (its exit status, its log since it started)."""
+        return self._proc
+
     def start(self) -> LocalNats:
         check_port_free(self.port, "NATS", "--nats-port")
         self.state_dir.mkdir(parents=True, exist_ok=True)

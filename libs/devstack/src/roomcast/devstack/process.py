@@ -37,10 +37,14 @@ class ManagedProcess:
         self.log_path = log_path
         self.env = env
         self.proc: subprocess.Popen[bytes] | None = None
+        self.started_at = 0.0  # time.monotonic() of the latest start
+        self._log_offset = 0  # where the latest start's output begins in the (appended) log
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
+            self._log_offset = log.tell()
+            self.started_at = time.monotonic()
             try:
                 self.proc = subprocess.Popen(
                     self.args,
@@ -61,12 +65,22 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """Its exit status once it has exited (-N: killed by signal N); None while it runs, or
+        when it was never started or has been stopped."""
+        return self.proc.poll() if self.proc is not None else None
+
     def log_tail(self, lines: int = 30) -> str:
+        """The last `lines` lines it wrote since its latest start (the log file is appended to
+        across runs and restarts; older lines are not its error)."""
         try:
-            text = self.log_path.read_text(errors="replace").splitlines()
+            with self.log_path.open("rb") as f:
+                f.seek(self._log_offset)
+                text = f.read().decode(errors="replace").splitlines()
         except FileNotFoundError:
             return "(no log)"
-        return "\n".join(text[-lines:])
+        return "\n".join(text[-lines:]) if text else "(no output since it started)"
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL it if it is still there after `timeout`."""
@@ -89,6 +103,16 @@ class ManagedProcess:
         self.proc = None
 
 
+def describe_exit(status: int) -> str:
+    """`-9` -> "killed by SIGKILL", `1` -> "exit status 1"."""
+    if status < 0:
+        try:
+            return f"killed by {signal.Signals(-status).name}"
+        except ValueError:
+            return f"killed by signal {-status}"
+    return f"exit status {status}"
+
+
 def stop_all() -> None:
     for p in list(_running):
         p.stop(timeout=5)
@@ -103,9 +127,16 @@ def _on_signal(signum: int, frame: object) -> None:
     os.kill(os.getpid(), signum)
 
 
-for _sig in (signal.SIGTERM, signal.SIGHUP):
-    if signal.getsignal(_sig) in (signal.SIG_DFL, None):
-        signal.signal(_sig, _on_signal)
+def install_signal_handlers() -> None:
+    """SIGTERM/SIGHUP stop every child first, unless the program handles them itself.
+
+    Done on import; call it again after something (asyncio.run) has put the defaults back."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) in (signal.SIG_DFL, None):
+            signal.signal(sig, _on_signal)
+
+
+install_signal_handlers()
 
 
 def free_ports(n: int, host: str = "127.0.0.1") -> list[int]:
@@ -137,12 +168,16 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def port_in_use_message(port: int, what: str, option: str) -> str:
+    return (
+        f"port {port} for {what} is already in use (another roomcast dev, or another server?); "
+        f"stop it or choose another port with {option}"
+    )
+
+
 def check_port_free(port: int, what: str, option: str) -> None:
     if port_in_use(port):
-        raise BrokerError(
-            f"port {port} for {what} is already in use (another roomcast dev, or another broker?); "
-            f"stop it or choose another port with {option}"
-        )
+        raise BrokerError(port_in_use_message(port, what, option))
 
 
 def wait_for_port(port: int, proc: ManagedProcess, timeout: float, host: str = "127.0.0.1") -> None:
