@@ -62,11 +62,12 @@ def test_dev_gateway_port_in_use_is_a_clear_error_before_anything_starts(
 
 
 def test_dev_names_every_busy_port_with_the_option_that_changes_it(tmp_path: Path) -> None:
-    with listening(4) as [gateway, metrics, nats, kafka]:
+    with listening(5) as [gateway, metrics, nats, kafka, gw_metrics]:
         done = _dev(
             tmp_path,
             *("--port", str(gateway), "--ingest-metrics-port", str(metrics)),
             *("--nats-port", str(nats), "--kafka-port", str(kafka)),
+            *("--gateway-metrics-port", str(gw_metrics)),
         )
     assert done.returncode == 1, done.stdout + done.stderr
     for port, what, option in [
@@ -74,6 +75,7 @@ def test_dev_names_every_busy_port_with_the_option_that_changes_it(tmp_path: Pat
         (metrics, "ingest metrics", "--ingest-metrics-port"),
         (nats, "NATS", "--nats-port"),
         (kafka, "Kafka", "--kafka-port"),
+        (gw_metrics, "gateway metrics", "--gateway-metrics-port"),
     ]:
         assert f"port {port} for {what} is already in use" in done.stderr, done.stderr
         assert f"choose another port with {option}" in done.stderr

@@ -41,6 +41,8 @@ def test_dev_runs_the_demo_and_ctrl_c_stops_everything(tmp_path: Path) -> None:
             str(port),
             "--ingest-metrics-port",
             str(free_port()),  # not 9464: another stack on this machine may hold it
+            "--gateway-metrics-port",
+            str(free_port()),
             "--rate",
             "40",
             "--window-ms",

@@ -132,6 +132,10 @@ def _check_ports(wanted: list[tuple[int, str, str]]) -> None:
     "--ingest-metrics-port", default=9464, type=click.IntRange(0, 65535), show_default=True,
     help="The ingest worker's Prometheus /metrics port (0: none).",
 )  # fmt: skip
+@click.option(
+    "--gateway-metrics-port", default=9465, type=click.IntRange(0, 65535), show_default=True,
+    help="The gateway's /metrics, /healthz, /readyz port (0: none).",
+)  # fmt: skip
 @click.option("--topic", default="roomcast.events", show_default=True)
 @click.option("--window-ms", default=1000, show_default=True, help="Ingest merge window.")
 @click.option("--rooms", default=3, show_default=True, help="Demo rooms: demo-1 ... demo-N.")
@@ -152,6 +156,7 @@ def dev(
     nats_port: int,
     port: int,
     ingest_metrics_port: int,
+    gateway_metrics_port: int,
     topic: str,
     window_ms: int,
     rooms: int,
@@ -188,6 +193,8 @@ def dev(
     wanted = [(port, "the gateway", "--port")]
     if ingest_metrics_port:
         wanted.append((ingest_metrics_port, "ingest metrics", "--ingest-metrics-port"))
+    if gateway_metrics_port:
+        wanted.append((gateway_metrics_port, "gateway metrics", "--gateway-metrics-port"))
     if nats is None:
         wanted.append((nats_port, "NATS", "--nats-port"))
     if kafka is None:
@@ -228,13 +235,19 @@ def dev(
             )
             children.append(ingest)
             ingest.start()
+            gateway_ports = {port: "--port"}
+            if gateway_metrics_port:
+                gateway_ports[gateway_metrics_port] = "--gateway-metrics-port"
             gateway = _service(
                 "gateway",
                 ["gateway", "--nats", nats, "--host", "127.0.0.1", "--port", str(port)]
-                + ["--workers", "1"],
+                + ["--workers", "1", "--metrics-port", str(gateway_metrics_port)],
                 state_dir,
                 needs=tuple(b for b in brokers if b == "nats-server"),
-                ports={port: "--port"},
+                ports={port: "--port"}
+                | (
+                    {gateway_metrics_port: "--gateway-metrics-port"} if gateway_metrics_port else {}
+                ),
                 health_url=f"http://127.0.0.1:{port}/healthz",
             )
             children.append(gateway)
@@ -246,12 +259,17 @@ def dev(
             if ingest_metrics_port
             else "no metrics port"
         )
+        gw_metrics = (
+            f"metrics http://127.0.0.1:{gateway_metrics_port}/metrics"
+            if gateway_metrics_port
+            else "no metrics port"
+        )
         click.echo(
             "\nroomcast is running:\n"
             f"  Kafka     {kafka}  topic {topic}\n"
             f"  NATS      {nats}\n"
             f"  ingest    window {window_ms} ms, {metrics}   log {state_dir / 'ingest.log'}\n"
-            f"  gateway   ws://127.0.0.1:{port}/ws   log {state_dir / 'gateway.log'}\n"
+            f"  gateway   ws://127.0.0.1:{port}/ws, {gw_metrics}   log {state_dir / 'gateway.log'}\n"
             f"  demo      {rate:g} events/s over {', '.join(names)}\n\n"
             f"watch a room:   roomcast watch {names[0]}\n"
             f'say something:  roomcast produce --room {names[0]} \'{{"text":"hi"}}\'\n'
