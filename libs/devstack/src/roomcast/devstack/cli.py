@@ -269,7 +269,8 @@ def dev(
             f"  Kafka     {kafka}  topic {topic}\n"
             f"  NATS      {nats}\n"
             f"  ingest    window {window_ms} ms, {metrics}   log {state_dir / 'ingest.log'}\n"
-            f"  gateway   ws://127.0.0.1:{port}/ws, {gw_metrics}   log {state_dir / 'gateway.log'}\n"
+            f"  gateway   ws://127.0.0.1:{port}/ws, {gw_metrics}\n"
+            f"            log {state_dir / 'gateway.log'}\n"
             f"  demo      {rate:g} events/s over {', '.join(names)}\n\n"
             f"watch a room:   roomcast watch {names[0]}\n"
             f'say something:  roomcast produce --room {names[0]} \'{{"text":"hi"}}\'\n'
