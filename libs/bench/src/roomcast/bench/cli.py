@@ -261,6 +261,14 @@ def bench() -> None:
     "--events-per-blob e2e chat events (what compression meets in practice).",
 )
 @click.option(
+    "--fanout",
+    "fanout_path",
+    type=click.Choice(["auto", "uring", "send", "write"]),
+    default="auto",
+    show_default=True,
+    help="The gateway's --fanout: io_uring batches, a C send() loop, or transport.write.",
+)
+@click.option(
     "--compress-level",
     type=click.IntRange(1, 9),
     default=1,
@@ -283,6 +291,7 @@ def fanout(
     rounds: int,
     compress: str,
     compress_level: int,
+    fanout_path: str,
     blob_kind: str,
     events_per_blob: int,
     **common: Any,
@@ -290,8 +299,9 @@ def fanout(
     """The gateway alone: blobs injected into NATS, V viewers in R rooms.
 
     Measures the gateway's CPU per delivered frame and, over the same connections in the same
-    run, a raw-socket floor (pre-built bytes, one os.write() per viewer, no WebSocket logic)
-    and stock websockets broadcast(); delivered frames/s, drops, memory per idle viewer.
+    run, two raw-socket floors (pre-built bytes, no WebSocket logic: one os.write() per viewer
+    from Python, and one C loop of send() over the room's descriptors) and stock websockets
+    broadcast(); delivered frames/s, drops, memory per idle viewer.
     """
     with _run("fanout", kafka=False, **common) as one:
         for v in common["viewers"]:
@@ -310,6 +320,7 @@ def fanout(
                     blob_kind,
                     events_per_blob,
                     compress_level,
+                    fanout_path,
                 ),
             )
 

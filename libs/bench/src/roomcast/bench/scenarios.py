@@ -202,19 +202,21 @@ def fanout(
     blob_kind: str = "synthetic",
     events_per_blob: int = 40,
     compress_level: int = 1,
+    fanout_path: str = "auto",
 ) -> dict[str, Any]:
     rid = stack.run_id()
     prefix = f"{rid}.room"
     names = [f"r{i}" for i in range(rooms)]
     blobs = [make_blobs(r, blob_kind, blob_size, events_per_blob) for r in names]
     logs = c.state_dir / "logs"
-    level = ("--compress-level", str(compress_level))
-    servers = [stack.gateway(logs, nats_url, prefix, c.workers, extra=level)]
+    extra = ("--compress-level", str(compress_level), "--fanout", fanout_path)
+    servers = [stack.gateway(logs, nats_url, prefix, c.workers, extra=extra)]
     if compare:
         # With --compress on, stock runs with its default: deflate per connection.
         stock_extra = ("--compression", "deflate" if compress else "none")
         servers += [
             stack.reference(logs, "floor", nats_url, prefix, c.workers),
+            stack.reference(logs, "cfloor", nats_url, prefix, c.workers),
             stack.reference(logs, "stock", nats_url, prefix, c.workers, stock_loop, stock_extra),
         ]
     per_round: list[dict[str, dict[str, Any]]] = []
@@ -241,6 +243,7 @@ def fanout(
         "blob_bytes": statistics.mean(len(b) for variants in blobs for b in variants),
         "compress": compress,
         "compress_level": compress_level,
+        "fanout": fanout_path,
         "gateway_cpu_us_per_frame": gw["cpu_us_per_frame"],
         "gateway_bytes_per_frame": gw["bytes_per_frame"],
         "frames_per_s": gw["frames_per_s"],
@@ -253,6 +256,8 @@ def fanout(
         fl, st = results["floor"], results["stock"]
         out |= {
             "floor_cpu_us_per_frame": fl["cpu_us_per_frame"],
+            "cfloor_cpu_us_per_frame": results["cfloor"]["cpu_us_per_frame"],
+            "ratio_vs_cfloor": _median_ratio(per_round, "gateway", "cfloor"),
             "stock_cpu_us_per_frame": st["cpu_us_per_frame"],
             "floor_bytes_per_frame": fl["bytes_per_frame"],
             "stock_bytes_per_frame": st["bytes_per_frame"],

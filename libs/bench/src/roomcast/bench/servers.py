@@ -7,10 +7,13 @@ injection and the counting are the same for all three; only the per-viewer write
 - `floor`: the least any server can do. The handshake is answered with canned bytes (no
   WebSocket logic), the frame is built once, and each viewer gets one `os.write()` of those
   bytes on its socket. What is left is the syscall: the floor.
+- `cfloor`: the same, but the writes are one C loop of `send()` over the room's descriptors
+  (`roomcast.uring.write_all`, the array cached per room): the cost of the syscalls alone,
+  without Python per viewer. The floor batched submission has to beat.
 - `stock`: the websockets library used as its docs show: an asyncio server, a handler
   coroutine per connection, and `websockets.broadcast()` of each message to the room.
 
-Run: python -m roomcast.bench.servers floor|stock --port P --nats URL [--loop asyncio|uvloop]
+Run: python -m roomcast.bench.servers floor|cfloor|stock --port P --nats URL [--loop ...]
 (SO_REUSEPORT, so several processes share a port, like the gateway's workers).
 """
 
@@ -23,6 +26,7 @@ import contextlib
 import hashlib
 import os
 import signal
+from array import array
 from collections import defaultdict
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -63,6 +67,31 @@ class _Rooms:
     async def _on(self, msg: Any) -> None:
         room = subject_room(msg.subject, self.prefix)
         self.deliver(self.members.get(room, ()), msg.data)
+
+
+class _FdRooms(_Rooms):
+    """Rooms whose blobs go out by one C call over the members' descriptors."""
+
+    def __init__(self, nc: Any, prefix: str) -> None:
+        super().__init__(nc, prefix, None)
+        self.fds: dict[str, array[int]] = {}
+
+    async def join(self, room: str, member: Any) -> None:
+        self.fds.pop(room, None)
+        await super().join(room, member)
+
+    def leave(self, room: str, member: Any) -> None:
+        self.fds.pop(room, None)
+        super().leave(room, member)
+
+    async def _on(self, msg: Any) -> None:
+        from roomcast.uring import write_all
+
+        room = subject_room(msg.subject, self.prefix)
+        fds = self.fds.get(room)
+        if fds is None:
+            fds = self.fds[room] = array("i", [m.fd for m in self.members.get(room, ())])
+        write_all(fds, text_frame(msg.data))  # full buffer or gone: dropped, as the floor does
 
 
 class _FloorConn(asyncio.Protocol):
@@ -137,8 +166,8 @@ async def _run(
     stop = loop.create_future()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: stop.done() or stop.set_result(None))
-    if kind == "floor":
-        rooms = _Rooms(nc, prefix, _floor_deliver)
+    if kind in ("floor", "cfloor"):
+        rooms = _Rooms(nc, prefix, _floor_deliver) if kind == "floor" else _FdRooms(nc, prefix)
         server = await loop.create_server(
             lambda: _FloorConn(rooms), host, port, reuse_port=True, backlog=4096
         )
@@ -175,7 +204,7 @@ async def _run(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("kind", choices=["floor", "stock"])
+    parser.add_argument("kind", choices=["floor", "cfloor", "stock"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--nats", required=True)
