@@ -57,3 +57,32 @@ def test_two_workers_add_up_on_one_endpoint_and_ready_is_for_the_group(
     assert status(f"{gw.metrics_url}/healthz") == 200  # the other worker still answers
     assert wait_until(lambda: status(f"{gw.metrics_url}/readyz") == 200, timeout=15)  # restarted
     assert sum(per_worker(gw, "roomcast_gateway_ready").values()) == 2
+
+
+def test_delivery_latency_is_measured_from_the_produce_time_ingest_stamps(
+    gateway: Callable[..., Gateway],
+) -> None:
+    import asyncio
+    import time
+
+    import nats
+
+    gw = gateway()
+    ws = gw.viewer("lat")
+
+    async def publish() -> None:
+        nc = await nats.connect(gw.nats_url)
+        produced_ms = int((time.time() - 0.8) * 1000)  # its oldest event: 0.8 s ago
+        headers = {"Roomcast-Produced-Ms": str(produced_ms)}
+        await nc.publish(f"{gw.prefix}.lat", gw.blob("lat", 1), headers=headers)
+        await nc.publish(f"{gw.prefix}.lat", gw.blob("lat", 2))  # no stamp: not counted
+        await nc.flush()
+        await nc.close()
+
+    asyncio.run(publish())
+    assert [json.loads(ws.recv(timeout=5))["offsets"] for _ in range(2)] == [[1], [2]]
+    count = metric(gw, "roomcast_gateway_delivery_latency_seconds_count")
+    total = metric(gw, "roomcast_gateway_delivery_latency_seconds_sum")
+    assert count == 1 and 0.8 <= total < 3.0
+    assert metric(gw, 'roomcast_gateway_delivery_latency_seconds_bucket{le="0.75"}') == 0
+    assert metric(gw, 'roomcast_gateway_delivery_latency_seconds_bucket{le="3.0"}') == 1

@@ -63,6 +63,7 @@ class Gateway:
         self.draining = False
         self.started = False  # the feed connected once: viewers may join
         self._batch: list[tuple[str, bytes]] = []
+        self._produced: list[float] = []  # the batch's blobs' produce times (those that have one)
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
         self._tokens = cfg.max_connects_per_s
@@ -80,9 +81,11 @@ class Gateway:
 
     # ---- blobs in, frames out (the hot path) --------------------------------------------------
 
-    def on_blob(self, room: str, data: bytes) -> None:
+    def on_blob(self, room: str, data: bytes, produced: float = 0.0) -> None:
         metrics.NATS_MESSAGES.inc()
         self._batch.append((room, data))
+        if produced:
+            self._produced.append(produced)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -115,6 +118,11 @@ class Gateway:
         if result.interest:
             self._apply(result.interest)
         metrics.FANOUT_SECONDS.observe(time.perf_counter() - started)
+        if self._produced:
+            now = time.time()
+            for produced in self._produced:
+                metrics.DELIVERY_LATENCY.observe(max(0.0, now - produced))
+            self._produced.clear()
 
     # ---- viewers: the shell's side of the hub -------------------------------------------------
 

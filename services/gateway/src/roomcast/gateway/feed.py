@@ -7,6 +7,7 @@ always); the feed turns that into subscriptions and hands every blob that arrive
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -19,7 +20,11 @@ from roomcast.core.rooms import ALL_ROOM, room_subject, subject_room
 
 log = logging.getLogger("roomcast.gateway")
 
-OnBlob = Callable[[str, bytes], None]
+OnBlob = Callable[[str, bytes, float], None]
+"""(room, blob, when its oldest event was produced: Unix seconds, 0.0 if unknown)."""
+
+PRODUCED_HEADER = "Roomcast-Produced-Ms"
+"""Set by ingest on each blob: the Kafka timestamp (ms) of its oldest event."""
 
 
 class RoomFeed(Protocol):
@@ -80,7 +85,12 @@ class NatsFeed:
         await self.subscribe(ALL_ROOM)
 
     async def _on_msg(self, msg: Any) -> None:
-        self._on_blob(subject_room(msg.subject, self.prefix), msg.data)  # type: ignore[misc]
+        produced = 0.0
+        headers = msg.headers
+        if headers:
+            with contextlib.suppress(KeyError, ValueError):
+                produced = int(headers[PRODUCED_HEADER]) / 1000
+        self._on_blob(subject_room(msg.subject, self.prefix), msg.data, produced)  # type: ignore[misc]
 
     async def subscribe(self, room: str) -> None:
         assert self.nc is not None

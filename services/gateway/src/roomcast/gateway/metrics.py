@@ -65,6 +65,13 @@ FANOUT_SECONDS = Histogram(
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
     registry=REGISTRY,
 )
+DELIVERY_LATENCY = Histogram(
+    "roomcast_gateway_delivery_latency_seconds",
+    "From a blob's oldest event produced into Kafka to the blob written to this worker's viewers "
+    "(ingest's Roomcast-Produced-Ms header; includes the merge window)",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30),
+    registry=REGISTRY,
+)
 FANOUT_ERRORS = Counter(
     "roomcast_gateway_fanout_errors_total",
     "Viewers dropped because a fan-out write to them raised (the others still got the frame)",
