@@ -297,6 +297,12 @@ def test_transient_group_coordinator_errors_are_logged_as_info() -> None:
     logger = logging.getLogger("aiokafka.consumer.group_coordinator")
     handler = Keep()
     logger.addHandler(handler)
+    # Other tests in this process may have configured logging (a disabled logger, a raised
+    # threshold): this one is about the filter alone.
+    saved = logger.disabled, logger.level, logging.root.manager.disable
+    logger.disabled = False
+    logger.setLevel(logging.DEBUG)
+    logging.disable(logging.NOTSET)
     try:
         from aiokafka.errors import GroupAuthorizationFailedError, GroupCoordinatorNotAvailableError
 
@@ -304,4 +310,7 @@ def test_transient_group_coordinator_errors_are_logged_as_info() -> None:
         logger.error("Group Coordinator Request failed: %s", GroupAuthorizationFailedError())
     finally:
         logger.removeHandler(handler)
+        logger.disabled, level, disabled_below = saved
+        logger.setLevel(level)
+        logging.disable(disabled_below)
     assert [r.levelname for r in records] == ["INFO", "ERROR"]
