@@ -114,7 +114,7 @@ def start_pipeline(
     port = free_port()
     gateway = services(
         "gateway",
-        ["gateway", "--nats", nats, "--port", str(port), "--workers", "1"]
+        ["gateway", "--nats", nats, "--port", str(port), "--workers", "1", "--auth", "off"]
         + ["--subject-prefix", prefix],
     )
     services(

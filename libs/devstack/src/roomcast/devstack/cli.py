@@ -169,7 +169,9 @@ def dev(
             )
         )
         gateway = _Proc(
-            "gateway", ["gateway", "--nats", nats, "--port", str(port), "--workers", "1"], state_dir
+            "gateway",
+            ["gateway", "--nats", nats, "--port", str(port), "--workers", "1", "--auth", "off"],
+            state_dir,
         )
         procs.append(gateway)
         _wait_healthy(f"http://127.0.0.1:{port}/healthz", gateway, 30)

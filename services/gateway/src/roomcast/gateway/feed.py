@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
 from roomcast.core.rooms import ALL_ROOM, room_subject, subject_room
+from roomcast.gateway.config import GatewayConfig
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -38,11 +40,28 @@ class RoomFeed(Protocol):
     async def close(self) -> None: ...
 
 
+def nats_options(cfg: GatewayConfig) -> dict[str, Any]:
+    """nats.connect() keyword arguments for the configured credentials and TLS."""
+    opts: dict[str, Any] = {}
+    if cfg.nats_user:
+        opts["user"], opts["password"] = cfg.nats_user, cfg.nats_password
+    if cfg.nats_token:
+        opts["token"] = cfg.nats_token
+    if cfg.nats_creds:
+        opts["user_credentials"] = cfg.nats_creds
+    if cfg.nats_tls_ca:
+        opts["tls"] = ssl.create_default_context(cafile=cfg.nats_tls_ca)
+    return opts
+
+
 class NatsFeed:
     """Core NATS subscriptions, one subject per room (`PREFIX.ROOM`), one connection per worker."""
 
-    def __init__(self, servers: str, subject_prefix: str, name: str) -> None:
+    def __init__(
+        self, servers: str, subject_prefix: str, name: str, cfg: GatewayConfig | None = None
+    ) -> None:
         self.servers = servers
+        self.credentials = nats_options(cfg) if cfg is not None else {}
         self.prefix = subject_prefix
         self.name = name
         self.nc: NATS | None = None
@@ -76,6 +95,7 @@ class NatsFeed:
             reconnected_cb=reconnected,
             error_cb=error,
             pending_size=16 * 1024 * 1024,
+            **self.credentials,
         )
         await self.subscribe(ALL_ROOM)
 
