@@ -143,8 +143,10 @@ def check_config(cfg: GatewayConfig) -> None:
             raise click.UsageError(str(exc)) from None
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise click.UsageError("--tls-cert and --tls-key go together")
-    if cfg.nats_user and not cfg.nats_password:
-        raise click.UsageError("--nats-user needs --nats-password")
+    from roomcast.core.natsauth import check_nats_auth
+
+    if (why := check_nats_auth(cfg)) is not None:
+        raise click.UsageError(why)
     try:
         ClientAddress.parse(cfg.trusted_proxies)
     except ValueError as exc:

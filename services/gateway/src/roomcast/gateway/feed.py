@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -16,6 +15,7 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
+from roomcast.core.natsauth import nats_connect_options
 from roomcast.core.rooms import ALL_ROOM, room_subject, subject_room
 from roomcast.gateway.config import GatewayConfig
 
@@ -40,20 +40,6 @@ class RoomFeed(Protocol):
     async def close(self) -> None: ...
 
 
-def nats_options(cfg: GatewayConfig) -> dict[str, Any]:
-    """nats.connect() keyword arguments for the configured credentials and TLS."""
-    opts: dict[str, Any] = {}
-    if cfg.nats_user:
-        opts["user"], opts["password"] = cfg.nats_user, cfg.nats_password
-    if cfg.nats_token:
-        opts["token"] = cfg.nats_token
-    if cfg.nats_creds:
-        opts["user_credentials"] = cfg.nats_creds
-    if cfg.nats_tls_ca:
-        opts["tls"] = ssl.create_default_context(cafile=cfg.nats_tls_ca)
-    return opts
-
-
 class NatsFeed:
     """Core NATS subscriptions, one subject per room (`PREFIX.ROOM`), one connection per worker."""
 
@@ -61,7 +47,7 @@ class NatsFeed:
         self, servers: str, subject_prefix: str, name: str, cfg: GatewayConfig | None = None
     ) -> None:
         self.servers = servers
-        self.credentials = nats_options(cfg) if cfg is not None else {}
+        self.credentials = nats_connect_options(cfg) if cfg is not None else {}
         self.prefix = subject_prefix
         self.name = name
         self.nc: NATS | None = None
