@@ -435,3 +435,31 @@ def test_nats_credentials(gateway: Callable[..., Gateway], tmp_path: Path) -> No
         server.terminate()
         server.wait(10)
         log.close()
+
+
+def test_the_python_viewer_carries_a_token(jwt_gateway: Callable[..., Gateway]) -> None:
+    import asyncio
+
+    from websockets.exceptions import InvalidStatus
+
+    from roomcast.client.viewer import Viewer
+    from tests.gateway.conftest import publish
+
+    gw = jwt_gateway()
+
+    async def go() -> None:
+        joined = asyncio.Event()
+        async with Viewer(
+            gw.ws_url, ["lobby"], token=token("lobby"), on_joined=lambda r: joined.set()
+        ) as viewer:
+            first = asyncio.ensure_future(anext(aiter(viewer)))
+            await asyncio.wait_for(joined.wait(), 10)
+            await publish(gw.nats_url, [(f"{gw.prefix}.lobby", gw.blob("lobby", 1))])
+            got = await asyncio.wait_for(first, 10)
+            assert got.blob.room == "lobby"
+        with pytest.raises(InvalidStatus) as refused:  # not retried: the gateway said no
+            async with Viewer(gw.ws_url, ["lobby"], token=token("other")):
+                pass
+        assert refused.value.response.status_code == 403
+
+    asyncio.run(go())

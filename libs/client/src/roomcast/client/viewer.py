@@ -63,6 +63,7 @@ class Viewer:
         backoff_max_s: float = 15.0,
         open_timeout_s: float = 10.0,
         on_joined: Callable[[str], None] | None = None,
+        token: str = "",
     ) -> None:
         self.rooms = [check_room(r) for r in rooms]
         self.url = url
@@ -71,6 +72,7 @@ class Viewer:
         self.backoff_max_s = backoff_max_s
         self.open_timeout_s = open_timeout_s
         self.on_joined = on_joined
+        self.token = token  # a viewer token (gateway --auth jwt), sent in the URL
         self.joined: set[str] = set()  # rooms the gateway confirmed on this connection
         self.dedup = Deduper()
         self.connects = 0
@@ -80,6 +82,8 @@ class Viewer:
     def _room_url(self) -> str:
         parts = urllib.parse.urlsplit(self.url)
         query = urllib.parse.parse_qsl(parts.query) + [("room", r) for r in self.rooms]
+        if self.token:
+            query.append(("token", self.token))
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
     async def _connect(self) -> ClientConnection:

@@ -39,7 +39,15 @@ from roomcast.core.errors import RoomcastError
     default=0,
     help="Exit with status 1 if --count lines have not come after this many seconds (0: wait).",
 )
-def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout: float) -> None:
+@click.option(
+    "--token",
+    default="",
+    show_envvar=True,
+    help="A viewer token for a gateway with --auth jwt (`roomcast token` mints one).",
+)
+def watch(
+    rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout: float, token: str
+) -> None:
     """Join ROOMS on a gateway and print each blob as it arrives.
 
     \b
@@ -49,7 +57,7 @@ def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout
     The viewer reconnects by itself if the gateway restarts, and never prints an event twice.
     """
     try:
-        ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout))
+        ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout, token))
     except KeyboardInterrupt:
         ok = True
     except (RoomcastError, OSError) as exc:
@@ -57,7 +65,9 @@ def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout
     sys.exit(0 if ok else 1)
 
 
-async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_s: float) -> bool:
+async def _watch(
+    rooms: list[str], url: str, per_event: bool, count: int, limit_s: float, token: str = ""
+) -> bool:
     seen = 0
     out = sys.stdout
 
@@ -67,7 +77,7 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
         def joined(room: str) -> None:
             click.echo(f"watching {room} on {url}", err=True)
 
-        async with Viewer(url, rooms, on_joined=joined) as viewer:
+        async with Viewer(url, rooms, on_joined=joined, token=token) as viewer:
             async for got in viewer:
                 stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
                 b = got.blob
