@@ -66,7 +66,16 @@ def parse_grant(claims: dict[str, Any]) -> Grant:
         raise AuthError("unauthorized", "claim `rooms` must be a list of strings")
     exact = tuple(sorted({r for r in rooms if not r.endswith("*")}))
     prefixes = tuple(sorted({r[:-1] for r in rooms if r.endswith("*")}))
-    return personal, exact, prefixes
+    # Viewers with the same rooms claim share one pair of tuples (bounded: reset when large).
+    shared = _GRANTS.get((exact, prefixes))
+    if shared is None:
+        if len(_GRANTS) >= 4096:
+            _GRANTS.clear()
+        shared = _GRANTS[(exact, prefixes)] = (exact, prefixes)
+    return personal, shared[0], shared[1]
+
+
+_GRANTS: dict[tuple[tuple[str, ...], tuple[str, ...]], tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
 class Verifier:
