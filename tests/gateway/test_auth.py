@@ -463,3 +463,16 @@ def test_the_python_viewer_carries_a_token(jwt_gateway: Callable[..., Gateway]) 
         assert refused.value.response.status_code == 403
 
     asyncio.run(go())
+
+
+def test_auth_off_is_logged_as_a_warning(gateway: Callable[..., Gateway]) -> None:
+    gw = gateway()  # the fixture's gateways run with --auth off
+    deadline = time.monotonic() + 10
+    while "running with --auth off" not in gw.service.log_path.read_text():
+        assert time.monotonic() < deadline, gw.service.log_tail()
+        time.sleep(0.1)
+    # Anyone may join; an `auth` message is answered, whatever the token.
+    c = ws(gw, "room=anything")
+    assert recv(c)["type"] == "joined"
+    c.send(json.dumps({"type": "auth", "token": "whatever"}))
+    assert recv(c) == {"type": "authorized", "exp": 0}
