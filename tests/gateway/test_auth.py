@@ -476,3 +476,21 @@ def test_auth_off_is_logged_as_a_warning(gateway: Callable[..., Gateway]) -> Non
     assert recv(c)["type"] == "joined"
     c.send(json.dumps({"type": "auth", "token": "whatever"}))
     assert recv(c) == {"type": "authorized", "exp": 0}
+
+
+def test_audience_issuer_and_not_before(jwt_gateway: Callable[..., Gateway]) -> None:
+    gw = jwt_gateway("--auth-audience", "roomcast", "--auth-issuer", "https://auth.example")
+    now = time.time()
+
+    def tok(**claims: object) -> str:
+        base = {"sub": "a", "rooms": ["lobby"], "exp": int(now + 60),
+                "aud": "roomcast", "iss": "https://auth.example"}  # fmt: skip
+        base.update(claims)
+        return jwt.encode({k: v for k, v in base.items() if v is not None}, SECRET, "HS256")
+
+    good = ws(gw, f"room=lobby&token={tok()}")
+    assert recv(good)["type"] == "joined"
+    for bad in [tok(aud=None), tok(aud="other"), tok(iss=None), tok(iss="https://evil"),
+                tok(nbf=int(now + 600)), tok(exp=None)]:  # fmt: skip
+        assert upgrade(gw.port, f"/ws?room=lobby&token={bad}")[0] == 401
+    good_viewer_still_served(gw, good, "lobby", 1)
