@@ -40,6 +40,7 @@ NAMED = {
         "nats-password": "nats.passwordSecret",  # only from a Secret
         "nats-token": "nats.tokenSecret",  # only from a Secret
         "nats-creds": "nats.credsFile",
+        "nats-nkey-seed": "nats.nkeySeedFile",
         "nats-tls-ca": "nats.tlsCaFile",
     },
     "ingest": {
@@ -63,6 +64,7 @@ NAMED = {
         "nats-password": "nats.passwordSecret",
         "nats-token": "nats.tokenSecret",
         "nats-creds": "nats.credsFile",
+        "nats-nkey-seed": "nats.nkeySeedFile",
         "nats-tls-ca": "nats.tlsCaFile",
     },
 }

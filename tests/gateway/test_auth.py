@@ -494,3 +494,57 @@ def test_audience_issuer_and_not_before(jwt_gateway: Callable[..., Gateway]) -> 
                 tok(nbf=int(now + 600)), tok(exp=None)]:  # fmt: skip
         assert upgrade(gw.port, f"/ws?room=lobby&token={bad}")[0] == 401
     good_viewer_still_served(gw, good, "lobby", 1)
+
+
+def test_nats_nkey_seed(gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    import nkeys
+
+    def user_key(name: str) -> tuple[Path, str]:
+        seed = nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER)
+        path = tmp_path / f"{name}.nk"
+        path.write_bytes(seed)
+        return path, nkeys.from_seed(bytearray(seed)).public_key.decode()
+
+    allowed, public = user_key("allowed")
+    stranger, _ = user_key("stranger")
+    port = free_port()
+    conf = tmp_path / "nats.conf"
+    conf.write_text(f'authorization {{ users = [ {{ nkey: "{public}" }} ] }}\n')
+    log = (tmp_path / "nats.log").open("wb")
+    server = subprocess.Popen(
+        [nats_server_binary(), "-a", "127.0.0.1", "-p", str(port), "-c", str(conf)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        url = f"nats://127.0.0.1:{port}"
+        gw = gateway("--nats-nkey-seed", str(allowed), nats=url)  # ready: NATS let it in
+        c = ws(gw, "room=lobby")
+        assert recv(c)["type"] == "joined"
+        from tests.support import Service
+
+        bad_port = free_port()
+        bad = Service(
+            "gateway-stranger",
+            ["gateway", "--nats", url, "--port", str(bad_port), "--workers", "1",
+             "--metrics-port", "0", "--auth", "off", "--nats-nkey-seed", str(stranger)],
+            tmp_path,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 20
+            while "authorization violation" not in bad.log_path.read_text().lower():
+                assert time.monotonic() < deadline, bad.log_tail()
+                time.sleep(0.1)
+        finally:
+            bad.stop()
+    finally:
+        server.terminate()
+        server.wait(10)
+        log.close()

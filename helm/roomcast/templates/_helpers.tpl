@@ -103,6 +103,9 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- if $n.credsFile }}
 {{ .prefix }}_NATS_CREDS: {{ $n.credsFile | quote }}
 {{- end }}
+{{- if $n.nkeySeedFile }}
+{{ .prefix }}_NATS_NKEY_SEED: {{ $n.nkeySeedFile | quote }}
+{{- end }}
 {{- if $n.tlsCaFile }}
 {{ .prefix }}_NATS_TLS_CA: {{ $n.tlsCaFile | quote }}
 {{- end }}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import ssl
 from typing import Any, Protocol
 
@@ -16,11 +17,14 @@ class NatsAuth(Protocol):
     @property
     def nats_creds(self) -> str: ...
     @property
+    def nats_nkey_seed(self) -> str: ...
+    @property
     def nats_tls_ca(self) -> str: ...
 
 
 def nats_connect_options(cfg: NatsAuth) -> dict[str, Any]:
-    """`nats.connect()` keyword arguments: user/password, token, a .creds file, a TLS CA."""
+    """`nats.connect()` keyword arguments: user/password, token, a .creds file, an NKey seed
+    file, a TLS CA."""
     opts: dict[str, Any] = {}
     if cfg.nats_user:
         opts["user"], opts["password"] = cfg.nats_user, cfg.nats_password
@@ -28,6 +32,8 @@ def nats_connect_options(cfg: NatsAuth) -> dict[str, Any]:
         opts["token"] = cfg.nats_token
     if cfg.nats_creds:
         opts["user_credentials"] = cfg.nats_creds
+    if cfg.nats_nkey_seed:
+        opts["nkeys_seed"] = cfg.nats_nkey_seed
     if cfg.nats_tls_ca:
         opts["tls"] = ssl.create_default_context(cafile=cfg.nats_tls_ca)
     return opts
@@ -39,6 +45,12 @@ def check_nats_auth(cfg: NatsAuth) -> str | None:
         return "--nats-user needs --nats-password"
     if cfg.nats_password and not cfg.nats_user:
         return "--nats-password needs --nats-user"
+    for option, path in (
+        ("--nats-creds", cfg.nats_creds),
+        ("--nats-nkey-seed", cfg.nats_nkey_seed),
+    ):
+        if path and not os.path.isfile(path):
+            return f"{option} {path}: no such file"
     if cfg.nats_tls_ca:
         try:
             ssl.create_default_context(cafile=cfg.nats_tls_ca)

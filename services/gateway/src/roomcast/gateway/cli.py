@@ -92,6 +92,7 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
 @_opt("--nats-password", default=_D.nats_password, show_default=False, help="NATS password.")
 @_opt("--nats-token", default=_D.nats_token, show_default=False, help="NATS auth token.")
 @_opt("--nats-creds", default=_D.nats_creds, help="NATS credentials file (JWT + NKey seed).")
+@_opt("--nats-nkey-seed", default=_D.nats_nkey_seed, help="File holding a NATS user NKey seed.")
 @_opt("--nats-tls-ca", default=_D.nats_tls_ca,
       help="CA bundle to verify the NATS server's TLS certificate (tls:// URLs).")  # fmt: skip
 @_opt("--log-format", default="text", type=click.Choice(["text", "json"]),

@@ -50,6 +50,7 @@ class GatewayConfig:
     nats_password: str = ""
     nats_token: str = ""
     nats_creds: str = ""  # NATS .creds file (JWT + NKey seed)
+    nats_nkey_seed: str = ""  # file holding a user NKey seed (SU...), for NKey users
     nats_tls_ca: str = ""  # CA bundle to verify a tls:// NATS server
     backlog: int = 4096
     reuse_port: bool = False  # set by the supervisor when several workers share the port

@@ -40,6 +40,7 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
       help="NATS password: set it in the environment.")  # fmt: skip
 @_opt("--nats-token", default=_D.nats_token, help="NATS auth token.")
 @_opt("--nats-creds", default=_D.nats_creds, help="NATS credentials file (JWT + NKey seed).")
+@_opt("--nats-nkey-seed", default=_D.nats_nkey_seed, help="File holding a NATS user NKey seed.")
 @_opt("--nats-tls-ca", default=_D.nats_tls_ca,
       help="CA bundle to verify the NATS server's TLS certificate (tls:// URLs).")  # fmt: skip
 @_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq. "
