@@ -387,6 +387,14 @@ def test_tls_with_a_self_signed_certificate_reloaded_on_sighup(
         assert der1 != der2
         c.send(json.dumps({"type": "ping"}))  # the open connection is unaffected
         assert json.loads(c.recv(timeout=10)) == {"type": "pong"}
+        # A broken pair on disk: logged, and the certificate loaded before stays.
+        cert.write_text("not a certificate")
+        os.kill(svc.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "TLS certificate not reloaded" not in svc.log_path.read_text():
+            assert time.monotonic() < deadline, svc.log_tail()
+            time.sleep(0.1)
+        assert _served_cert(port) == der2
 
 
 def test_nats_credentials(gateway: Callable[..., Gateway], tmp_path: Path) -> None:
