@@ -114,8 +114,8 @@ def start_pipeline(
     port = free_port()
     gateway = services(
         "gateway",
-        ["gateway", "--nats", nats, "--port", str(port), "--workers", "1"]
-        + ["--subject-prefix", prefix],
+        ["gateway", "--nats", nats, "--port", str(port), "--workers", "1", "--auth", "off"]
+        + ["--subject-prefix", prefix, "--metrics-port", "0"],
     )
     services(
         "ingest",

@@ -35,6 +35,13 @@ NAMED = {
         "workers": "gateway.workers",
         "drain-seconds": "gateway.drainSeconds",
         "metrics-port": "gateway.metricsPort",
+        "auth-secret": "gateway.auth.secretSecret",  # only from a Secret
+        "nats-user": "nats.user",
+        "nats-password": "nats.passwordSecret",  # only from a Secret
+        "nats-token": "nats.tokenSecret",  # only from a Secret
+        "nats-creds": "nats.credsFile",
+        "nats-nkey-seed": "nats.nkeySeedFile",
+        "nats-tls-ca": "nats.tlsCaFile",
     },
     "ingest": {
         "kafka": "kafka.bootstrap",
@@ -53,6 +60,12 @@ NAMED = {
         "history-msgs": "ingest.stream.historyMsgs",
         "history-age-s": "ingest.stream.historyAgeS",
         "metrics-port": "ingest.metricsPort",
+        "nats-user": "nats.user",
+        "nats-password": "nats.passwordSecret",
+        "nats-token": "nats.tokenSecret",
+        "nats-creds": "nats.credsFile",
+        "nats-nkey-seed": "nats.nkeySeedFile",
+        "nats-tls-ca": "nats.tlsCaFile",
     },
 }
 # Values the chart has ahead of the command (the gateway's --metrics-port is on its way).
@@ -474,3 +487,27 @@ def test_kafka_credentials_come_only_from_secrets_and_are_checked() -> None:
         args = [helm(), "template", "rc", str(CHART)] + [a for b in bad for a in ("--set", b)]
         proc = subprocess.run(args, capture_output=True, text=True)
         assert proc.returncode != 0 and says in proc.stderr, proc.stderr
+
+
+def test_viewer_and_nats_secrets_come_only_from_secrets() -> None:
+    docs = render(values=[FULL])
+    for component in ("gateway", "ingest"):
+        data = config_data(docs, component)
+        prefix = f"ROOMCAST_{component.upper()}_"
+        assert data[prefix + "NATS_USER"] == "roomcast"
+        pod = one(docs, "Deployment", f"-{component}")["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0]["env"]}
+        for var, key in [("NATS_PASSWORD", "password"), ("NATS_TOKEN", "token")]:
+            assert prefix + var not in data
+            assert env[prefix + var]["valueFrom"]["secretKeyRef"] == {
+                "name": "roomcast-nats", "key": key,
+            }  # fmt: skip
+    gw = config_data(docs, "gateway")
+    assert gw["ROOMCAST_GATEWAY_AUTH"] == "jwt" and "ROOMCAST_GATEWAY_AUTH_SECRET" not in gw
+    pod = one(docs, "Deployment", "-gateway")["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
+    assert env["ROOMCAST_GATEWAY_AUTH_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "roomcast-jwt", "key": "hs256",
+    }  # fmt: skip
+    test_pod = one(docs, "Pod", "-test")["spec"]["containers"][0]
+    assert {e["name"] for e in test_pod["env"]} >= {"TOKEN"}

@@ -113,6 +113,7 @@ def test_watch_says_it_is_connecting_retrying_lost_and_reconnected(
     )
     err = _Stderr(watch)
     gateway_args = ["gateway", "--nats", nats_url, "--port", str(port), "--workers", "1"]
+    gateway_args += ["--auth", "off", "--metrics-port", "0"]
     try:
         # Nothing listens yet: it says where it connects, and that it retries.
         err.wait_for(f"connecting to {url}", 20)
@@ -230,7 +231,9 @@ def test_watch_refused_for_good_is_exit_1_without_traceback(
     """A gateway that answers 400 (here: a room the gateway refuses) ends watch with status 1."""
     port = free_port()
     gateway = services(
-        "gateway", ["gateway", "--nats", nats_url, "--port", str(port), "--workers", "1"]
+        "gateway",
+        ["gateway", "--nats", nats_url, "--port", str(port), "--workers", "1"]
+        + ["--auth", "off", "--metrics-port", "0"],
     )
     wait_http_ok(f"http://127.0.0.1:{port}/healthz", gateway)
     done = subprocess.run(

@@ -87,7 +87,7 @@ def gateway(nats_url: str, services: Callable[..., Service]) -> Callable[..., Ga
         svc = services(
             name,
             ["gateway", "--nats", url, "--port", str(port), "--subject-prefix", prefix,
-             "--workers", "1", "--metrics-port", str(metrics_port), *extra],
+             "--workers", "1", "--metrics-port", str(metrics_port), "--auth", "off", *extra],
             open_files=open_files,
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{port}/readyz", svc)  # NATS connected

@@ -67,13 +67,46 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace 
 {{- end }}
 {{- end -}}
 
-{{/* The NATS URL: from a Secret when nats.urlSecret.name is set, else the value. {root, var} */}}
+{{/* The NATS URL: from a Secret when nats.urlSecret.name is set, else the value; the NATS
+     password and token from their Secrets. {root, var} */}}
 {{- define "roomcast.natsEnv" -}}
-{{- if .root.Values.nats.urlSecret.name }}
+{{- $n := .root.Values.nats }}
+{{- if $n.urlSecret.name }}
 - name: {{ .var }}
   valueFrom:
     secretKeyRef:
-      name: {{ .root.Values.nats.urlSecret.name }}
-      key: {{ .root.Values.nats.urlSecret.key }}
+      name: {{ $n.urlSecret.name }}
+      key: {{ $n.urlSecret.key }}
+{{- end }}
+{{- if $n.passwordSecret.name }}
+- name: {{ .var }}_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $n.passwordSecret.name }}
+      key: {{ $n.passwordSecret.key }}
+{{- end }}
+{{- if $n.tokenSecret.name }}
+- name: {{ .var }}_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $n.tokenSecret.name }}
+      key: {{ $n.tokenSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* The NATS settings that are not secrets, as ConfigMap entries. {root, prefix} */}}
+{{- define "roomcast.natsData" -}}
+{{- $n := .root.Values.nats }}
+{{- if $n.user }}
+{{ .prefix }}_NATS_USER: {{ $n.user | quote }}
+{{- end }}
+{{- if $n.credsFile }}
+{{ .prefix }}_NATS_CREDS: {{ $n.credsFile | quote }}
+{{- end }}
+{{- if $n.nkeySeedFile }}
+{{ .prefix }}_NATS_NKEY_SEED: {{ $n.nkeySeedFile | quote }}
+{{- end }}
+{{- if $n.tlsCaFile }}
+{{ .prefix }}_NATS_TLS_CA: {{ $n.tlsCaFile | quote }}
 {{- end }}
 {{- end -}}

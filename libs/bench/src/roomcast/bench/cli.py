@@ -328,7 +328,9 @@ def fanout(
 @bench.command()
 @_common
 @click.option("--rooms", type=click.IntRange(1), default=100, show_default=True)
-def connect(rooms: int, **common: Any) -> None:
+@click.option("--auth", type=click.Choice(["off", "jwt"]), default="off", show_default=True,
+              help="jwt: every viewer presents an HS256 token the gateway checks.")  # fmt: skip
+def connect(rooms: int, auth: str, **common: Any) -> None:
     """Handshakes/s, memory per idle viewer, and a reconnect storm.
 
     Opens V viewers as fast as the load clients can (the gateway's connect-rate limit is
@@ -337,7 +339,7 @@ def connect(rooms: int, **common: Any) -> None:
     """
     with _run("connect", kafka=False, **common) as one:
         for v in common["viewers"]:
-            one(v, lambda c, b: scenarios.connect(c, b.nats, rooms))
+            one(v, lambda c, b: scenarios.connect(c, b.nats, rooms, auth))
 
 
 @bench.command()

@@ -298,11 +298,22 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 # ---- connect ----------------------------------------------------------------------------------
 
 
-def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
+def connect(c: Common, nats_url: str, rooms: int, auth: str = "off") -> dict[str, Any]:
+    """With auth="jwt", the gateway checks an HS256 token (in the URL) at every handshake."""
     rid = stack.run_id()
     names = [f"r{i}" for i in range(rooms)]
     paths = _paths(c.viewers, names)
-    server = stack.gateway(c.state_dir / "logs", nats_url, f"{rid}.room", c.workers)
+    extra: tuple[str, ...] = ()
+    if auth == "jwt":
+        import secrets
+
+        from roomcast.gateway.token import mint
+
+        key = secrets.token_urlsafe(32)
+        extra = ("--auth", "jwt", "--auth-secret", key)
+        tok = mint(key, "HS256", "bench", ["*"], 3600)
+        paths = [f"{p}&token={tok}" for p in paths]
+    server = stack.gateway(c.state_dir / "logs", nats_url, f"{rid}.room", c.workers, extra=extra)
     with server, LoadClients(c.viewers) as clients:
         time.sleep(0.5)
         base_rss = server.rss_bytes()
@@ -317,6 +328,7 @@ def connect(c: Common, nats_url: str, rooms: int) -> dict[str, Any]:
     return {
         "rooms": rooms,
         "workers": c.workers,
+        "auth": auth,
         "handshakes_per_s": c.viewers / handshake_s,
         "memory_kib_per_viewer": max(0, idle_rss - base_rss) / c.viewers / 1024,
         "storm_recovery_s": storm_s,

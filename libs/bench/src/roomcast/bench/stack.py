@@ -167,6 +167,8 @@ def gateway(
         "0",
         "--log-level",
         "warning",
+        "--auth",
+        "off",  # measured without grants unless `extra` says otherwise
         *extra,
     ]
     proc = ManagedProcess("gateway", args, logs / f"gateway-{port}.log")

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "gateway": ("roomcast.gateway.cli", "gateway", "Run the WebSocket edge gateway."),
     "ingest": ("roomcast.ingest.cli", "ingest", "Run an ingest worker (Kafka -> merge -> NATS)."),
     "produce": ("roomcast.cli.produce", "produce", "Write events to a room through Kafka."),
+    "token": ("roomcast.gateway.token", "token", "Mint a signed viewer token (dev, tests)."),
     "watch": ("roomcast.client.watch", "watch", "Join rooms and print each blob as it arrives."),
     "bench": (
         "roomcast.bench.cli",

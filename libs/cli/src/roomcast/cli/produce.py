@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterable
+from typing import Any
 
 import click
 
@@ -52,8 +53,29 @@ class KafkaProblem(click.ClickException):
     help="Refuse bigger events; the same limit as the ingest workers' --max-event-bytes, over "
     "which they send an event to the dead-letter topic.",
 )
+@click.option("--kafka-security-protocol", default="PLAINTEXT", show_default=True,
+              show_envvar=True,
+              type=click.Choice(["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]),
+              help="As ingest's option of that name.")  # fmt: skip
+@click.option("--kafka-sasl-mechanism", default="SCRAM-SHA-512", show_default=True,
+              show_envvar=True, type=click.Choice(["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]),
+              help="SASL mechanism (with SASL_*).")  # fmt: skip
+@click.option("--kafka-sasl-username", default="", show_envvar=True, help="SASL user name.")
+@click.option("--kafka-sasl-password", default="", show_envvar=True,
+              help="SASL password: set it in the environment.")  # fmt: skip
+@click.option("--kafka-ca-file", default="", show_envvar=True,
+              help="CA (PEM) for the brokers' TLS certificates (SSL, SASL_SSL).")  # fmt: skip
 def produce(
-    events: tuple[str, ...], room: str, kafka: str, topic: str, max_event_bytes: int
+    events: tuple[str, ...],
+    room: str,
+    kafka: str,
+    topic: str,
+    max_event_bytes: int,
+    kafka_security_protocol: str,
+    kafka_sasl_mechanism: str,
+    kafka_sasl_username: str,
+    kafka_sasl_password: str,
+    kafka_ca_file: str,
 ) -> None:
     """Write EVENTS (each one JSON value) to ROOM; with no EVENTS, read one per line from stdin.
 
@@ -77,9 +99,22 @@ def produce(
         if events
         else (line.rstrip(b"\n") for line in sys.stdin.buffer)
     )
+    from roomcast.ingest.config import IngestConfig
+    from roomcast.ingest.kafka_auth import client_options
+
+    try:
+        auth = client_options(IngestConfig(
+            kafka_security_protocol=kafka_security_protocol,
+            kafka_sasl_mechanism=kafka_sasl_mechanism,
+            kafka_sasl_username=kafka_sasl_username,
+            kafka_sasl_password=kafka_sasl_password,
+            kafka_ca_file=kafka_ca_file,
+        ))  # fmt: skip
+    except (ValueError, OSError) as exc:
+        raise click.UsageError(str(exc)) from None
     # Our own errors say what is wrong; aiokafka's log lines would only repeat it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    sent, error = asyncio.run(_produce(kafka, topic, room, values, max_event_bytes))
+    sent, error = asyncio.run(_produce(kafka, topic, room, values, max_event_bytes, auth))
     if sent:
         click.echo(f"produced {sent} event{'s' * (sent != 1)} to room {room} ({topic})", err=True)
     if error is not None:
@@ -106,14 +141,19 @@ def _check(n: int, value: bytes, max_bytes: int) -> None:
 
 
 async def _produce(
-    kafka: str, topic: str, room: str, values: Iterable[bytes], max_bytes: int
+    kafka: str,
+    topic: str,
+    room: str,
+    values: Iterable[bytes],
+    max_bytes: int,
+    auth: dict[str, Any] | None = None,
 ) -> tuple[int, click.ClickException | None]:
     """Send each value; returns how many Kafka acknowledged and the error that stopped it."""
     from aiokafka import AIOKafkaProducer
     from aiokafka.errors import KafkaConnectionError, KafkaError, UnknownTopicOrPartitionError
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=kafka, acks="all", linger_ms=5, request_timeout_ms=15000
+        bootstrap_servers=kafka, acks="all", linger_ms=5, request_timeout_ms=15000, **(auth or {})
     )
     try:
         await producer.start()
@@ -122,6 +162,9 @@ async def _produce(
         return 0, KafkaProblem(
             f"cannot reach Kafka at {kafka}; is it running? (`roomcast dev` starts one)"
         )
+    except KafkaError as exc:  # e.g. a SASL login refused
+        await producer.stop()
+        return 0, KafkaProblem(f"Kafka at {kafka} refused us: {type(exc).__name__}: {exc}")
 
     async def check_topic() -> None:
         """A missing topic is said at once, not after the request timeout."""

@@ -99,6 +99,7 @@ class Viewer:
         open_timeout_s: float = 10.0,
         on_joined: Callable[[str], None] | None = None,
         on_status: Callable[[ConnectionStatus], None] | None = None,
+        token: str = "",
     ) -> None:
         self.rooms = [check_room(r) for r in rooms]
         self.url = url
@@ -108,6 +109,7 @@ class Viewer:
         self.open_timeout_s = open_timeout_s
         self.on_joined = on_joined
         self.on_status = on_status
+        self.token = token  # a viewer token (gateway --auth jwt), sent in the URL
         self.joined: set[str] = set()  # rooms the gateway confirmed on this connection
         self.dedup = Deduper()
         self.connects = 0
@@ -117,6 +119,8 @@ class Viewer:
     def _room_url(self) -> str:
         parts = urllib.parse.urlsplit(self.url)
         query = urllib.parse.parse_qsl(parts.query) + [("room", r) for r in self.rooms]
+        if self.token:
+            query.append(("token", self.token))
         return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
     def _status(self, state: State, error: str = "", retry_in_s: float = 0.0) -> None:

@@ -86,7 +86,15 @@ def _check_rooms(
     default=0,
     help="Exit with status 1 if --count lines have not come after this many seconds (0: wait).",
 )
-def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout: float) -> None:
+@click.option(
+    "--token",
+    default="",
+    show_envvar=True,
+    help="A viewer token for a gateway with --auth jwt (`roomcast token` mints one).",
+)
+def watch(
+    rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout: float, token: str
+) -> None:
     """Join ROOMS on a gateway and print each blob as it arrives.
 
     \b
@@ -99,7 +107,7 @@ def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout
     "reconnected to URL" (events sent while it was disconnected are not replayed).
     """
     try:
-        ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout))
+        ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout, token))
     except KeyboardInterrupt:
         ok = True
     except InvalidStatus as exc:
@@ -111,7 +119,9 @@ def watch(rooms: tuple[str, ...], url: str, per_event: bool, count: int, timeout
     sys.exit(0 if ok else 1)
 
 
-async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_s: float) -> bool:
+async def _watch(
+    rooms: list[str], url: str, per_event: bool, count: int, limit_s: float, token: str = ""
+) -> bool:
     seen = 0
     out = sys.stdout
 
@@ -121,7 +131,9 @@ async def _watch(rooms: list[str], url: str, per_event: bool, count: int, limit_
         def joined(room: str) -> None:
             click.echo(f"watching {room} on {url}", err=True)
 
-        async with Viewer(url, rooms, on_joined=joined, on_status=_status_printer()) as viewer:
+        async with Viewer(
+            url, rooms, on_joined=joined, on_status=_status_printer(), token=token
+        ) as viewer:
             async for got in viewer:
                 stamp = time.strftime("%H:%M:%S") + f".{int(time.time() * 1000) % 1000:03d}"
                 b = got.blob

@@ -4,11 +4,14 @@ Client -> server (JSON text messages):
     {"type": "join", "room": "lobby"}
     {"type": "leave", "room": "lobby"}
     {"type": "ping"}                      (an app-level ping; WebSocket pings work too)
+    {"type": "auth", "token": "<JWT>"}    (first message, when the token is not in the URL)
+    {"type": "refresh", "token": "<JWT>"} (a new token before the current one expires)
 
 Server -> client: blobs exactly as ingest built them (`{"type":"blob",...}`, see `blob`), and
     {"type": "joined", "room": "lobby"}
     {"type": "left", "room": "lobby"}
     {"type": "pong"}
+    {"type": "authorized", "exp": 1767225600}
     {"type": "error", "code": "bad_room", "message": "..."}
 """
 
@@ -33,7 +36,8 @@ class CloseCode(enum.IntEnum):
     TOO_BIG = 1009  # a client message over the size limit
     INTERNAL = 1011
     DRAINING = 1012  # the gateway is restarting: reconnect (elsewhere) and resume
-    UNAUTHORIZED = 4001
+    UNAUTHORIZED = 4001  # no valid token (in time): get a token, then reconnect
+    TOKEN_EXPIRED = 4002  # the token expired unrefreshed: reconnect with a fresh token, resume
     TOO_MANY_ROOMS = 4003
     SLOW_VIEWER = 4008  # fell behind the fan-out: reconnect and resume from the last position
     GATEWAY_FULL = 4013  # worker at its viewer limit: try again later, with backoff
@@ -67,7 +71,15 @@ class Ping(msgspec.Struct, tag="ping", tag_field="type", frozen=True):
     pass
 
 
-ClientMessage = Join | Leave | Ping
+class Auth(msgspec.Struct, tag="auth", tag_field="type", frozen=True):
+    token: str
+
+
+class Refresh(msgspec.Struct, tag="refresh", tag_field="type", frozen=True):
+    token: str
+
+
+ClientMessage = Join | Leave | Ping | Auth | Refresh
 _client_decoder: msgspec.json.Decoder[ClientMessage] = msgspec.json.Decoder(ClientMessage)
 
 
@@ -101,12 +113,16 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type", frozen=True):
     pass
 
 
+class Authorized(msgspec.Struct, tag="authorized", tag_field="type", frozen=True):
+    exp: int  # the token's expiry (unix seconds): send a `refresh` before it
+
+
 class Error(msgspec.Struct, tag="error", tag_field="type", frozen=True):
     code: str
     message: str
 
 
-ServerMessage = Joined | Left | Pong | Error
+ServerMessage = Joined | Left | Pong | Authorized | Error
 _encoder = msgspec.json.Encoder()
 
 
@@ -114,7 +130,7 @@ def encode_server_message(msg: ServerMessage) -> bytes:
     return _encoder.encode(msg)
 
 
-ServerKind = Literal["blob", "joined", "left", "pong", "error"]
+ServerKind = Literal["blob", "joined", "left", "pong", "authorized", "error"]
 
 
 class _Kind(msgspec.Struct):

@@ -241,13 +241,11 @@ def dev(
             gateway = _service(
                 "gateway",
                 ["gateway", "--nats", nats, "--host", "127.0.0.1", "--port", str(port)]
-                + ["--workers", "1", "--metrics-port", str(gateway_metrics_port)],
+                + ["--workers", "1", "--metrics-port", str(gateway_metrics_port)]
+                + ["--auth", "off"],  # a local demo: anyone on this machine may watch
                 state_dir,
                 needs=tuple(b for b in brokers if b == "nats-server"),
-                ports={port: "--port"}
-                | (
-                    {gateway_metrics_port: "--gateway-metrics-port"} if gateway_metrics_port else {}
-                ),
+                ports=gateway_ports,
                 health_url=f"http://127.0.0.1:{port}/healthz",
             )
             children.append(gateway)

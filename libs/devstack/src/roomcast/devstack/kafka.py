@@ -104,6 +104,7 @@ class LocalKafka:
         topics: dict[str, int] | None = None,
         timeout: float = 90,
         heap: str = "768m",
+        scram_users: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
         picked = free_ports(2)
@@ -113,10 +114,19 @@ class LocalKafka:
         self.timeout = timeout
         self.heap = heap
         self._proc: ManagedProcess | None = None
+        # With users: a second listener, SASL_PLAINTEXT with SCRAM-SHA-256/512, whose
+        # credentials are written into the metadata when the storage is formatted.
+        self.scram_users = scram_users or {}
+        self.sasl_port = free_ports(3)[2] if self.scram_users else 0
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """The SASL_PLAINTEXT (SCRAM) listener, when the broker was given `scram_users`."""
+        return f"127.0.0.1:{self.sasl_port}"
 
     @property
     def pid(self) -> int | None:
@@ -161,6 +171,15 @@ class LocalKafka:
             "auto.create.topics.enable": "false",
             "log.retention.hours": "24",
         }
+        if self.scram_users:
+            sasl = f"SASL_PLAINTEXT://127.0.0.1:{self.sasl_port}"
+            props["listeners"] += "," + sasl
+            props["advertised.listeners"] += "," + sasl
+            props["listener.security.protocol.map"] += ",SASL_PLAINTEXT:SASL_PLAINTEXT"
+            props["sasl.enabled.mechanisms"] = "SCRAM-SHA-256,SCRAM-SHA-512"
+            login = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+            for mech in ("scram-sha-256", "scram-sha-512"):
+                props[f"listener.name.sasl_plaintext.{mech}.sasl.jaas.config"] = login
         path = self.state_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         return path
@@ -182,9 +201,15 @@ class LocalKafka:
             classpath,
         ]
         if not (self.state_dir / "data" / "meta.properties").exists():
+            scram = [
+                a
+                for user, password in self.scram_users.items()
+                for mech in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                for a in ("--add-scram", f"{mech}=[name={user},password={password}]")
+            ]
             fmt = subprocess.run(
                 jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
-                       "--config", str(config)],
+                       "--config", str(config), *scram],
                 capture_output=True, text=True,
             )  # fmt: skip
             if fmt.returncode != 0:

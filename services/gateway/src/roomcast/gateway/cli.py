@@ -18,7 +18,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
-    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)
+    kw.setdefault("show_default", True)
+    return click.option(*names, show_envvar=True, help=help, **kw)
 
 
 @click.command()
@@ -68,6 +69,35 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
       help="Descriptors kept free so probes answer at --max-viewers (lowered to fit).")  # fmt: skip
 @_opt("--drain-seconds", default=_D.drain_seconds, type=click.FloatRange(min=0),
       help="On SIGTERM, close viewers with 1012 paced over this period, then exit.")  # fmt: skip
+@_opt("--auth", default=_D.auth, type=click.Choice(["jwt", "off"]),
+      help="jwt: viewers need a signed grant (docs/security.md); off: anyone joins.")  # fmt: skip
+@_opt("--auth-secret", default=_D.auth_secret, show_default=False,
+      help="HS256 shared secret for viewer tokens (prefer the environment variable).")  # fmt: skip
+@_opt("--auth-public-key", default=_D.auth_public_key,
+      help="PEM public key file for RS256 (RSA) or ES256 (P-256) viewer tokens.")  # fmt: skip
+@_opt("--auth-jwks", default=_D.auth_jwks,
+      help="JWKS file of viewer-token keys (by kid); re-read when it changes.")  # fmt: skip
+@_opt("--auth-audience", default=_D.auth_audience, help="Required `aud` claim, if set.")
+@_opt("--auth-issuer", default=_D.auth_issuer, help="Required `iss` claim, if set.")
+@_opt("--auth-timeout-s", default=_D.auth_timeout_s, type=click.FloatRange(min=0.1),
+      help="No token in the URL: an `auth` message must come within this, else 4001.")  # fmt: skip
+@_opt("--allowed-origins", default=_D.allowed_origins,
+      help="Comma-separated Origins browsers may connect from (else 403); empty: any.")  # fmt: skip
+@_opt("--max-connects-per-ip-per-s", default=_D.max_connects_per_ip_per_s,
+      type=click.FloatRange(min=0),
+      help="New connections per second per client IP per worker (else 429); 0: off.")  # fmt: skip
+@_opt("--trusted-proxies", default=_D.trusted_proxies,
+      help="Comma-separated CIDRs whose X-Forwarded-For names the client IP.")  # fmt: skip
+@_opt("--tls-cert", default=_D.tls_cert,
+      help="PEM certificate chain: serve wss:// (with --tls-key); re-read on SIGHUP.")  # fmt: skip
+@_opt("--tls-key", default=_D.tls_key, help="PEM private key of --tls-cert.")
+@_opt("--nats-user", default=_D.nats_user, help="NATS user (with --nats-password).")
+@_opt("--nats-password", default=_D.nats_password, show_default=False, help="NATS password.")
+@_opt("--nats-token", default=_D.nats_token, show_default=False, help="NATS auth token.")
+@_opt("--nats-creds", default=_D.nats_creds, help="NATS credentials file (JWT + NKey seed).")
+@_opt("--nats-nkey-seed", default=_D.nats_nkey_seed, help="File holding a NATS user NKey seed.")
+@_opt("--nats-tls-ca", default=_D.nats_tls_ca,
+      help="CA bundle to verify the NATS server's TLS certificate (tls:// URLs).")  # fmt: skip
 @_opt("--log-format", default="text", type=click.Choice(["text", "json"]),
       help="Log lines for people (text) or machines (json).")  # fmt: skip
 @_opt("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -95,6 +125,7 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
 
     setup_logging(log_level, log_format)
     cfg = GatewayConfig(**options)  # type: ignore[arg-type]
+    check_config(cfg)
     if cfg.workers == 1:
         run_single(cfg, log_level, log_format)
         return
@@ -103,6 +134,27 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
             "several workers need a fixed --port to share", param_hint="--port"
         )
     sys.exit(supervise(cfg, log_level, log_format))
+
+
+def check_config(cfg: GatewayConfig) -> None:
+    """Refuse to start on settings that cannot work, naming the options to fix."""
+    from roomcast.gateway.auth import ClientAddress, Verifier
+
+    if cfg.auth == "jwt":
+        try:
+            Verifier(cfg.auth_secret, cfg.auth_public_key, cfg.auth_jwks)
+        except (ValueError, OSError) as exc:
+            raise click.UsageError(str(exc)) from None
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    from roomcast.core.natsauth import check_nats_auth
+
+    if (why := check_nats_auth(cfg)) is not None:
+        raise click.UsageError(why)
+    try:
+        ClientAddress.parse(cfg.trusted_proxies)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--trusted-proxies") from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -25,20 +25,25 @@ from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.typing import Subprotocol
 
 from roomcast.core.errors import ProtocolError, RoomNameError
 from roomcast.core.protocol import (
+    Auth,
+    Authorized,
     CloseCode,
     Error,
     Join,
     Leave,
     Ping,
     Pong,
+    Refresh,
     encode_server_message,
     parse_client_message,
 )
 from roomcast.core.rooms import check_room
 from roomcast.gateway import metrics
+from roomcast.gateway.auth import AuthError, Grant, allowed
 from roomcast.gateway.hub import HANDSHAKING, OPEN, Hub, PendingJoin, ViewerState
 
 if TYPE_CHECKING:
@@ -48,6 +53,15 @@ _ws_logger = logging.getLogger("roomcast.gateway.ws")
 _ws_logger.setLevel(logging.WARNING)  # websockets logs every open/close at INFO
 _PONG = encode_server_message(Pong())
 _WS_OPEN = State.OPEN
+SUBPROTOCOL = Subprotocol("roomcast")
+TOKEN_SUBPROTOCOL = "roomcast.token."  # Sec-WebSocket-Protocol: roomcast, roomcast.token.<JWT>
+
+
+class _ServerProtocol(ServerProtocol):
+    def select_subprotocol(self, subprotocols: object) -> Subprotocol | None:
+        # "roomcast" when offered (a browser sending its token as a subprotocol must get one
+        # of its offers back), else none: clients that offer nothing are as welcome as before.
+        return SUBPROTOCOL if SUBPROTOCOL in subprotocols else None  # type: ignore[operator]
 
 
 class Viewer(asyncio.Protocol):
@@ -55,7 +69,9 @@ class Viewer(asyncio.Protocol):
 
     __slots__ = (
         "deflate",
+        "exp",
         "fd",
+        "grant",
         "gw",
         "partial",
         "ping_sent_at",
@@ -66,6 +82,7 @@ class Viewer(asyncio.Protocol):
         "slow_since",
         "state",
         "transport",
+        "waiting",
     )
 
     def __init__(self, gw: Gateway) -> None:
@@ -81,13 +98,16 @@ class Viewer(asyncio.Protocol):
         self.queued = False  # the transport holds unsent bytes (the hub tracks it)
         self.ping_sent_at = 0.0  # > 0 while a WebSocket ping awaits its pong
         self.partial: bytes | None = None  # a fragmented client message being reassembled
+        self.grant: Grant | None = None  # what its token allows (--auth jwt)
+        self.exp = 0.0  # when that token expires (unix seconds)
+        self.waiting: tuple[str, ...] | None = None  # URL rooms, joined once `auth` comes
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = t = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         t.set_write_buffer_limits(high=self.gw.cfg.write_buffer_high)
-        self.proto = ServerProtocol(
+        self.proto = _ServerProtocol(
             extensions=self.gw.extensions,
             max_size=self.gw.cfg.max_message_bytes,
             logger=_ws_logger,
@@ -164,6 +184,13 @@ class Viewer(asyncio.Protocol):
             return
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         rooms = query.get("room", [])
+        headers = request.headers
+        if gw.origins:
+            origin = headers.get("Origin")
+            if origin is not None and origin.rstrip("/").lower() not in gw.origins:
+                metrics.REJECTED.labels("origin").inc()
+                self._refuse(HTTPStatus.FORBIDDEN, f"origin {origin[:100]!r} is not allowed\n")
+                return
         refusal = gw.admission()
         if refusal is not None:
             metrics.REJECTED.labels(refusal).inc()
@@ -171,6 +198,15 @@ class Viewer(asyncio.Protocol):
             response.headers["Retry-After"] = "1"
             proto.send_response(response)
             return
+        if gw.cfg.max_connects_per_ip_per_s:
+            peer = self.transport.get_extra_info("peername") if self.transport else None
+            ip = gw.addresses.client_ip(
+                str(peer[0]) if peer else "", headers.get_all("X-Forwarded-For")
+            )
+            if not gw.ip_admission(ip):
+                metrics.REJECTED.labels("ip_connect_rate").inc()
+                self._refuse(HTTPStatus.TOO_MANY_REQUESTS, "too many connections; retry later\n")
+                return
         try:
             for room in rooms:
                 check_room(room)
@@ -185,12 +221,35 @@ class Viewer(asyncio.Protocol):
                 f"{len(set(rooms))} rooms; the limit is {gw.cfg.max_rooms_per_conn}\n".encode(),
             )
             return
+        token = ""
+        if gw.auth is not None:
+            token = query.get("token", [""])[-1]
+            for value in headers.get_all("Sec-WebSocket-Protocol"):
+                for offer in value.split(","):
+                    if offer.strip().startswith(TOKEN_SUBPROTOCOL):
+                        token = offer.strip()[len(TOKEN_SUBPROTOCOL) :]
+            if token:
+                try:
+                    self.grant, self.exp = gw.auth.verify(token)
+                except AuthError as exc:
+                    metrics.REJECTED.labels(exc.code).inc()
+                    self._refuse(HTTPStatus.UNAUTHORIZED, f"{exc.code}: {exc}\n")
+                    return
+                refused = [r for r in rooms if not allowed(self.grant, r)]
+                if refused:
+                    metrics.REJECTED.labels("forbidden").inc()
+                    self.grant = None
+                    self._refuse(
+                        HTTPStatus.FORBIDDEN, f"forbidden: the token does not grant {refused[0]}\n"
+                    )
+                    return
         response = proto.accept(request)
         response.headers["X-Roomcast-Worker"] = str(gw.worker_id)
         proto.send_response(response)
         # websockets' parser keeps the Request alive for the connection's lifetime; its
         # headers are ~1.7 KiB per idle viewer that nothing reads again.
         request.headers.clear()
+        request.path = "/ws"  # nor the query string (rooms, and a token of ~200 bytes)
         if response.status_code != 101:
             metrics.REJECTED.labels("bad_handshake").inc()
             return
@@ -198,8 +257,24 @@ class Viewer(asyncio.Protocol):
         sock = self.transport.get_extra_info("socket") if self.transport is not None else None
         self.fd = sock.fileno() if sock is not None else -1
         gw.viewer_open(self)
+        if gw.auth is not None:
+            if self.grant is None:  # the token is to come in an `auth` message
+                self.waiting = tuple(dict.fromkeys(rooms))
+                gw.await_auth(self)
+                return
+            gw.authorized(self, 0.0)
         for room in dict.fromkeys(rooms):
             gw.join(self, room)
+
+    def _refuse(self, status: HTTPStatus, text: str) -> None:
+        """Refuse the upgrade (403, 401, 429...); the connection closes after the answer."""
+        proto = self.proto
+        assert proto is not None
+        response = proto.reject(status, text)
+        response.headers["X-Roomcast-Worker"] = str(self.gw.worker_id)
+        if status is HTTPStatus.TOO_MANY_REQUESTS:
+            response.headers["Retry-After"] = "1"
+        proto.send_response(response)
 
     def _respond(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
         """A plain HTTP response (health, metrics, rejects), then the connection closes."""
@@ -233,6 +308,22 @@ class Viewer(asyncio.Protocol):
         if Hub.flooding(self):
             self.fail(CloseCode.BAD_MESSAGE, "too many requests awaiting a reply")
             return
+        if gw.auth is not None:
+            if isinstance(msg, Auth | Refresh):
+                self._authenticate(msg.token)
+                return
+            if self.grant is None:
+                self.send_error("unauthorized", "the first message must be auth")
+                self.fail(CloseCode.UNAUTHORIZED, "not authorized")
+                return
+            if isinstance(msg, Join) and not allowed(self.grant, msg.room):
+                gw.hub.reply(self, encode_server_message(Error(
+                    "forbidden", f"the token does not grant room {msg.room}"
+                )))  # fmt: skip
+                return
+        elif isinstance(msg, Auth | Refresh):  # --auth off: any token will do
+            gw.hub.reply(self, encode_server_message(Authorized(0)))
+            return
         if isinstance(msg, Join):
             if msg.room not in self.rooms and len(self.rooms) >= gw.cfg.max_rooms_per_conn:
                 limit = gw.cfg.max_rooms_per_conn
@@ -247,7 +338,39 @@ class Viewer(asyncio.Protocol):
         elif isinstance(msg, Ping):
             gw.hub.reply(self, _PONG)
 
+    def _authenticate(self, token: str) -> None:
+        """An `auth` (first) or `refresh` message: a new grant, or an error."""
+        gw = self.gw
+        assert gw.auth is not None
+        try:
+            grant, exp = gw.auth.verify(token)
+        except AuthError as exc:
+            if self.grant is None:
+                metrics.REJECTED.labels(exc.code).inc()
+                self.send_error(exc.code, str(exc))
+                self.fail(CloseCode.UNAUTHORIZED, exc.code)
+            else:  # a refused refresh: the current grant stands until it expires
+                gw.hub.reply(self, encode_server_message(Error(exc.code, str(exc))))
+            return
+        old_exp = self.exp
+        self.grant, self.exp = grant, exp
+        gw.authorized(self, old_exp)
+        gw.hub.reply(self, encode_server_message(Authorized(int(exp))))
+        waiting, self.waiting = self.waiting, None
+        for room in waiting or ():
+            if allowed(grant, room):
+                gw.join(self, room)
+            else:
+                gw.hub.reply(self, encode_server_message(Error(
+                    "forbidden", f"the token does not grant room {room}"
+                )))  # fmt: skip
+        for room in [r for r in self.rooms if not allowed(grant, r)]:
+            gw.leave(self, room)  # the new grant no longer covers it: `left`
+
     # ---- sending ------------------------------------------------------------------------------
+
+    def send_error(self, code: str, message: str) -> None:
+        self.send(encode_server_message(Error(code, message)))
 
     def send(self, message: bytes) -> None:
         """Send one protocol message (acks, errors) through the ServerProtocol."""

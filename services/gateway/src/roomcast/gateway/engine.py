@@ -18,6 +18,7 @@ from typing import Any
 from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode
 from roomcast.gateway import metrics
+from roomcast.gateway.auth import ClientAddress, Verifier, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
 from roomcast.gateway.deflate import SharedDeflateFactory
@@ -27,9 +28,14 @@ from roomcast.gateway.hub import OPEN, Hub, Interest, Sender
 log = logging.getLogger("roomcast.gateway")
 
 
-def choose_sender(mode: str) -> tuple[str, Sender | None]:
+def choose_sender(mode: str, tls: bool = False) -> tuple[str, Sender | None]:
     """The fan-out path for `--fanout` (auto: io_uring if it works here, else a C send() loop,
-    else each viewer's transport.write), and what to call for it."""
+    else each viewer's transport.write), and what to call for it. With TLS every byte must go
+    through the connection's own encryption: transport.write only."""
+    if tls:
+        if mode in ("uring", "send"):
+            raise SystemExit(f"--fanout {mode} cannot serve TLS (--tls-cert): use auto or write")
+        return "write (TLS: each connection encrypts its own bytes)", None
     if mode == "write":
         return "write (transport.write per viewer)", None
     from roomcast import uring
@@ -54,12 +60,26 @@ class Gateway:
         self.cfg = cfg
         self.worker_id = worker_id
         deflater = Deflater(cfg.compress_level, cfg.compress_min_bytes) if cfg.compress else None
-        self.fanout_path, sender = choose_sender(cfg.fanout)
+        self.fanout_path, sender = choose_sender(cfg.fanout, tls=bool(cfg.tls_cert))
         self.hub: Hub[Viewer] = Hub(cfg.max_handshakes, deflater, sender)
         self.extensions = [SharedDeflateFactory()] if cfg.compress else None
         self.feed: RoomFeed = feed or NatsFeed(
-            cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}"
+            cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}", cfg
         )
+        self.auth: Verifier | None = None
+        if cfg.auth == "jwt":
+            self.auth = Verifier(
+                cfg.auth_secret, cfg.auth_public_key, cfg.auth_jwks,
+                cfg.auth_audience, cfg.auth_issuer,
+            )  # fmt: skip
+        self.origins = parse_origins(cfg.allowed_origins)
+        self.addresses = ClientAddress.parse(cfg.trusted_proxies)
+        self._ip_tokens: dict[str, tuple[float, float]] = {}  # ip -> (tokens, at)
+        # Viewers upgraded without a token: the monotonic deadline of their `auth` message.
+        self.unauthed: dict[Viewer, float] = {}
+        # Authorized viewers by the second their token expires (int(exp) + 1): O(1) to
+        # add, move (refresh) and remove, and the housekeeping looks only at due seconds.
+        self.expiring: dict[int, set[Viewer]] = {}
         self.draining = False
         self.started = False  # the feed connected once: viewers may join
         self._batch: list[tuple[str, bytes]] = []
@@ -70,6 +90,7 @@ class Gateway:
         self._tokens_at = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_reject_log = 0.0
+        self._last_noauth_log = -1e9
 
     async def connect(self) -> None:
         await self.feed.start(self.on_blob)
@@ -149,6 +170,58 @@ class Gateway:
         self._tokens -= 1
         return None
 
+    def ip_admission(self, ip: str) -> bool:
+        """Within --max-connects-per-ip-per-s for this client IP (a bucket of one second)."""
+        rate = self.cfg.max_connects_per_ip_per_s
+        if not rate:
+            return True
+        now = time.monotonic()
+        burst = max(1.0, rate)
+        tokens, at = self._ip_tokens.get(ip, (burst, now))
+        tokens = min(burst, tokens + (now - at) * rate)
+        if tokens < 1:
+            self._ip_tokens[ip] = (tokens, now)
+            return False
+        self._ip_tokens[ip] = (tokens - 1, now)
+        return True
+
+    # ---- grants: deadlines and expiry (never per blob) ----------------------------------------
+
+    def await_auth(self, v: Viewer) -> None:
+        self.unauthed[v] = time.monotonic() + self.cfg.auth_timeout_s
+
+    def authorized(self, v: Viewer, old_exp: float) -> None:
+        """`v` has a (new) grant expiring at v.exp: file it by its expiry second."""
+        self.unauthed.pop(v, None)
+        if old_exp:
+            self._unfile(v, old_exp)
+        self.expiring.setdefault(int(v.exp) + 1, set()).add(v)
+
+    def _unfile(self, v: Viewer, exp: float) -> None:
+        key = int(exp) + 1
+        bucket = self.expiring.get(key)
+        if bucket is not None:
+            bucket.discard(v)
+            if not bucket:
+                del self.expiring[key]
+
+    def _check_grants(self, now: float) -> None:
+        for v, deadline in list(self.unauthed.items()):
+            if now >= deadline:
+                metrics.REJECTED.labels("auth_timeout").inc()
+                v.send_error("unauthorized", "no auth message in time")
+                v.fail(CloseCode.UNAUTHORIZED, "no token in time")
+                self.unauthed.pop(v, None)
+        wall = time.time()
+        for key in [k for k in self.expiring if k <= wall]:
+            for v in self.expiring.pop(key):
+                if v.state is OPEN and v.exp <= wall:
+                    metrics.REJECTED.labels("token_expired").inc()
+                    v.send_error("token_expired", "token expired; reconnect with a new one")
+                    v.close(CloseCode.TOKEN_EXPIRED, "token expired")
+                    if v.state is OPEN:
+                        self.viewer_closing(v)
+
     def viewer_open(self, v: Viewer) -> None:
         if self.hub.open(v):
             metrics.VIEWERS.set(len(self.hub.viewers))
@@ -173,6 +246,10 @@ class Gateway:
         self._closed(v, final=True)
 
     def _closed(self, v: Viewer, final: bool) -> None:
+        if self.unauthed:
+            self.unauthed.pop(v, None)
+        if v.exp:
+            self._unfile(v, v.exp)
         interest = self.hub.close(v, time.monotonic(), final=final)
         metrics.VIEWERS.set(len(self.hub.viewers))
         if interest:
@@ -212,6 +289,7 @@ class Gateway:
         """One task per worker (never one per viewer)."""
         cfg = self.cfg
         next_ping = time.monotonic() + cfg.ping_interval_s
+        next_second = 0.0
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
@@ -230,6 +308,11 @@ class Gateway:
                     self.viewer_closing(v)
             for v in hub.overdue_closes(now, cfg.close_timeout_s):
                 v.abort()
+            if self.auth is not None:
+                self._check_grants(now)
+            if now >= next_second:
+                next_second = now + 1.0
+                self._each_second(now)
             if now >= next_ping:
                 next_ping = now + cfg.ping_interval_s
                 timeout = cfg.ping_timeout_s
@@ -238,6 +321,19 @@ class Gateway:
                         v.fail(CloseCode.INTERNAL, "keepalive ping timeout")
                     elif not v.ping_sent_at:
                         v.ping(now)
+
+    def _each_second(self, now: float) -> None:
+        if self.auth is not None:
+            self.auth.reload_if_changed()
+        elif self.worker_id == 0 and now - self._last_noauth_log >= 60:
+            self._last_noauth_log = now
+            log.warning("running with --auth off: anyone may join any room")
+        rate = self.cfg.max_connects_per_ip_per_s
+        if self._ip_tokens and rate:  # forget buckets that have filled up again
+            burst = max(1.0, rate)
+            full = [ip for ip, (t, at) in self._ip_tokens.items() if t + (now - at) * rate >= burst]
+            for ip in full:
+                del self._ip_tokens[ip]
 
     async def drain(self) -> None:
         """Close every viewer with 1012, paced over drain_seconds (no reconnect stampede)."""

@@ -16,7 +16,9 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 
+from roomcast.core.natsauth import nats_connect_options
 from roomcast.core.rooms import ALL_ROOM, room_subject, subject_room
+from roomcast.gateway.config import GatewayConfig
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -46,8 +48,11 @@ class RoomFeed(Protocol):
 class NatsFeed:
     """Core NATS subscriptions, one subject per room (`PREFIX.ROOM`), one connection per worker."""
 
-    def __init__(self, servers: str, subject_prefix: str, name: str) -> None:
+    def __init__(
+        self, servers: str, subject_prefix: str, name: str, cfg: GatewayConfig | None = None
+    ) -> None:
         self.servers = servers
+        self.credentials = nats_connect_options(cfg) if cfg is not None else {}
         self.prefix = subject_prefix
         self.name = name
         self.nc: NATS | None = None
@@ -81,6 +86,7 @@ class NatsFeed:
             reconnected_cb=reconnected,
             error_cb=error,
             pending_size=16 * 1024 * 1024,
+            **self.credentials,
         )
         await self.subscribe(ALL_ROOM)
 

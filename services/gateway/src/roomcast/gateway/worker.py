@@ -11,6 +11,7 @@ import os
 import resource
 import shutil
 import signal
+import ssl
 import tempfile
 import time
 from collections.abc import Iterator
@@ -80,6 +81,25 @@ def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, obje
     )
 
 
+def tls_context(cfg: GatewayConfig) -> ssl.SSLContext | None:
+    if not cfg.tls_cert:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    return ctx
+
+
+def _reload_tls(ctx: ssl.SSLContext, cfg: GatewayConfig) -> None:
+    """SIGHUP: new handshakes use the certificate now on disk; a bad one keeps the old."""
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("TLS certificate not reloaded; keeping the old one: %s", exc)
+        return
+    log.info("TLS certificate reloaded", extra={"cert": cfg.tls_cert})
+
+
 async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | None = None) -> None:
     """Run one gateway worker until SIGTERM/SIGINT (or `stop`), then drain and return."""
     stop = stop or asyncio.Event()
@@ -89,6 +109,9 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     gw = Gateway(cfg, worker_id)
+    tls = tls_context(cfg)
+    if tls is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_tls, tls, cfg)
     # Listen first: probes answer (readyz 503: NATS not connected) while NATS is unreachable,
     # and SIGTERM stops a worker that is still waiting for it.
     handover = None
@@ -104,6 +127,7 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
         cfg.port,
         backlog=cfg.backlog,
         reuse_port=cfg.reuse_port or None,
+        ssl=tls,
     )
     housekeeping = asyncio.create_task(gw.housekeeping())
     connecting = asyncio.create_task(gw.connect())
@@ -113,8 +137,8 @@ async def serve(cfg: GatewayConfig, worker_id: int = 0, stop: asyncio.Event | No
         connecting.result()  # could not connect at all: exit with the error (restarted)
         log.info(
             "gateway worker listening",
-            extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "worker": worker_id,
-                   "pid": os.getpid(), "fanout": gw.fanout_path},
+            extra={"url": f"{'wss' if tls else 'ws'}://{cfg.host}:{cfg.port}/ws",
+                   "worker": worker_id, "pid": os.getpid(), "fanout": gw.fanout_path},
         )  # fmt: skip
         await stopping
     else:
@@ -200,9 +224,16 @@ def _supervise(cfg: GatewayConfig, log_level: str, log_format: str) -> int:
             if p.pid and p.is_alive():
                 os.kill(p.pid, signal.SIGTERM)
 
+    def on_hup(signum: int, frame: object) -> None:
+        for p in workers.values():
+            if p.pid and p.is_alive():
+                os.kill(p.pid, signal.SIGHUP)
+
     workers = {i: start(i) for i in range(cfg.workers)}
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if cfg.tls_cert:  # the workers re-read the certificate
+        signal.signal(signal.SIGHUP, on_hup)
     log.info(
         "gateway listening",
         extra={"url": f"ws://{cfg.host}:{cfg.port}/ws", "workers": cfg.workers},

@@ -35,6 +35,14 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
       help="Client certificate (PEM) for mutual TLS, with --kafka-key-file.")  # fmt: skip
 @_opt("--kafka-key-file", default=_D.kafka_key_file, help="Client key (PEM) for mutual TLS.")
 @_opt("--nats", default=_D.nats, help="NATS server URL(s), comma-separated.")
+@_opt("--nats-user", default=_D.nats_user, help="NATS user (with --nats-password).")
+@_opt("--nats-password", default=_D.nats_password,
+      help="NATS password: set it in the environment.")  # fmt: skip
+@_opt("--nats-token", default=_D.nats_token, help="NATS auth token.")
+@_opt("--nats-creds", default=_D.nats_creds, help="NATS credentials file (JWT + NKey seed).")
+@_opt("--nats-nkey-seed", default=_D.nats_nkey_seed, help="File holding a NATS user NKey seed.")
+@_opt("--nats-tls-ca", default=_D.nats_tls_ca,
+      help="CA bundle to verify the NATS server's TLS certificate (tls:// URLs).")  # fmt: skip
 @_opt("--topic", default=_D.topic, help="The events topic; bad records go to TOPIC.dlq. "
       "Both are created at start if missing (and allowed); an existing topic is never "
       "changed.")  # fmt: skip
@@ -106,6 +114,10 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
         client_options(config)  # fail now, saying why, not on the first connection
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
+    from roomcast.core.natsauth import check_nats_auth
+
+    if (why := check_nats_auth(config)) is not None:
+        raise click.UsageError(why)
     try:
         import uvloop
 

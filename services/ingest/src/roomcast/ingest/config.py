@@ -20,6 +20,12 @@ class IngestConfig:
     kafka_cert_file: str = ""  # client certificate and key (PEM) for mutual TLS
     kafka_key_file: str = ""
     nats: str = "nats://127.0.0.1:4222"
+    nats_user: str = ""
+    nats_password: str = ""
+    nats_token: str = ""
+    nats_creds: str = ""  # NATS .creds file (JWT + NKey seed)
+    nats_nkey_seed: str = ""  # file holding a user NKey seed (SU...), for NKey users
+    nats_tls_ca: str = ""  # CA bundle to verify a tls:// NATS server
     topic: str = "roomcast.events"
     topic_partitions: int = 8  # when ingest creates the topic; an existing one is never changed
     group: str = "roomcast-ingest"

@@ -40,6 +40,7 @@ from nats.js.errors import NoStreamResponseError, NotFoundError
 from roomcast.core.blob import check_event, validate_json
 from roomcast.core.errors import EventError
 from roomcast.core.merge import MergeWindow, PendingBlob
+from roomcast.core.natsauth import nats_connect_options
 from roomcast.core.positions import PartitionOffsets
 from roomcast.core.rooms import all_subjects, room_error, room_subject
 from roomcast.ingest import metrics
@@ -228,6 +229,7 @@ class IngestWorker:
             reconnected_cb=reconnected,
             error_cb=error,
             pending_size=64 * 1024 * 1024,
+            **nats_connect_options(self.cfg),
         )
 
     async def _ensure_stream(self) -> None:
