@@ -6,6 +6,7 @@ room still receiving blobs afterwards.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import json
 import os
@@ -30,7 +31,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from roomcast.devstack.nats import nats_server_binary
 from roomcast.gateway.token import mint
-from tests.gateway.conftest import Gateway, join_message
+from tests.gateway.conftest import Gateway, join_message, publish
 from tests.support import free_port
 
 SECRET = "test-secret-that-is-long-enough-for-hs256"
@@ -387,6 +388,12 @@ def test_tls_with_a_self_signed_certificate_reloaded_on_sighup(
         assert der1 != der2
         c.send(json.dumps({"type": "ping"}))  # the open connection is unaffected
         assert json.loads(c.recv(timeout=10)) == {"type": "pong"}
+        # Blobs reach a TLS viewer intact: the fan-out goes through the connection's
+        # encryption (never a direct send to its socket).
+        blob = b'{"type":"blob","room":"lobby","partition":0,"offsets":[1],"events":[1]}'
+        asyncio.run(publish(nats_url, [("roomcast.room.lobby", blob)]))
+        assert c.recv(timeout=10, decode=False) == blob
+        assert "fanout=write (TLS" in svc.log_path.read_text()
         # A broken pair on disk: logged, and the certificate loaded before stays.
         cert.write_text("not a certificate")
         os.kill(svc.proc.pid, signal.SIGHUP)
