@@ -157,10 +157,11 @@ async def _produce(
     )
     try:
         await producer.start()
-    except KafkaConnectionError:
+    except KafkaConnectionError as exc:
         await producer.stop()
+        why = f" ({exc})" if auth and auth.get("security_protocol") != "PLAINTEXT" else ""
         return 0, KafkaProblem(
-            f"cannot reach Kafka at {kafka}; is it running? (`roomcast dev` starts one)"
+            f"cannot reach Kafka at {kafka}{why}; is it running? (`roomcast dev` starts one)"
         )
     except KafkaError as exc:  # e.g. a SASL login refused
         await producer.stop()
