@@ -37,7 +37,7 @@ from aiokafka.errors import (
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from roomcast.core.blob import check_event, validate_json
+from roomcast.core.blob import PRODUCED_HEADER, check_event, validate_json
 from roomcast.core.errors import EventError
 from roomcast.core.merge import MergeWindow, PendingBlob
 from roomcast.core.positions import PartitionOffsets
@@ -456,7 +456,7 @@ class IngestWorker:
                 except EventError as exc:
                     self._dead_letter(r, exc.reason, str(exc))
                 continue
-            blobs = add(room, partition, offset, value, now)  # type: ignore[arg-type]
+            blobs = add(room, partition, offset, value, now, r.timestamp)  # type: ignore[arg-type]
             if blobs:  # usually not: most events wait in their room's window
                 for blob in blobs:
                     await self._publish(blob)
@@ -499,10 +499,11 @@ class IngestWorker:
     async def _send(self, seq: int, entry: _InFlight) -> None:
         entry.attempts += 1
         entry.sent_at = time.monotonic()
+        headers = {"Nats-Msg-Id": entry.blob.msg_id}
+        if entry.blob.produced_ms >= 0:  # the gateways' delivery latency starts here
+            headers[PRODUCED_HEADER] = str(entry.blob.produced_ms)
         try:
-            fut = await self._js.publish_async(
-                entry.subject, entry.data, headers={"Nats-Msg-Id": entry.blob.msg_id}
-            )
+            fut = await self._js.publish_async(entry.subject, entry.data, headers=headers)
         except Exception as exc:  # disconnected, buffer full: the retry timer sends it again
             self._publish_failed(exc, entry)
             entry.future = None
