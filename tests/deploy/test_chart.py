@@ -215,6 +215,22 @@ def test_gateway_probes_and_scrapes_use_the_group_endpoint_by_default() -> None:
     assert data["ROOMCAST_GATEWAY_METRICS_HOST"] == "0.0.0.0"
 
 
+def test_grafana_dashboard_is_an_opt_in_configmap_for_the_sidecar() -> None:
+    """Off by default; on, one ConfigMap labelled for Grafana's sidecar holds the chart's one copy
+    of the dashboard, byte for byte (tests/e2e/test_dashboard.py checks what it queries)."""
+    assert not [d for d in render() if d["metadata"]["name"].endswith("-dashboard")]
+    dashboard = (CHART / "dashboards" / "roomcast.json").read_text()
+    docs = render("metrics.grafanaDashboard.enabled=true")
+    validate(docs)
+    cm = one(docs, "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["data"]["roomcast.json"] == dashboard.rstrip("\n")
+    assert json.loads(cm["data"]["roomcast.json"])["uid"] == "roomcast"
+    full = one(render(values=[FULL]), "ConfigMap", "-dashboard")["metadata"]
+    assert full["labels"]["grafana_dashboard"] == "yes" and full["labels"]["team"] == "live"
+    assert full["annotations"] == {"grafana_folder": "live"}
+
+
 def test_hostnetwork_uses_cluster_dns() -> None:
     spec = one(render("gateway.hostNetwork=true"), "Deployment", "-gateway")["spec"]["template"]
     assert spec["spec"]["hostNetwork"] is True
