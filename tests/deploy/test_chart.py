@@ -53,6 +53,7 @@ NAMED = {
         "history-msgs": "ingest.stream.historyMsgs",
         "history-age-s": "ingest.stream.historyAgeS",
         "metrics-port": "ingest.metricsPort",
+        "instance-id": "ingest.staticMembership",  # the pod's name, from the downward API
     },
 }
 # Values the chart has ahead of the command (the gateway's --metrics-port is on its way).
@@ -229,6 +230,19 @@ def test_grafana_dashboard_is_an_opt_in_configmap_for_the_sidecar() -> None:
     full = one(render(values=[FULL]), "ConfigMap", "-dashboard")["metadata"]
     assert full["labels"]["grafana_dashboard"] == "yes" and full["labels"]["team"] == "live"
     assert full["annotations"] == {"grafana_folder": "live"}
+
+
+def test_ingest_is_a_static_group_member_named_after_its_pod() -> None:
+    def instance_id(*sets: str) -> dict[str, Any] | None:
+        pod = one(render(*sets), "Deployment", "-ingest")["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0].get("env", [])}
+        return env.get("ROOMCAST_INGEST_INSTANCE_ID")
+
+    assert instance_id() == {
+        "name": "ROOMCAST_INGEST_INSTANCE_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    assert instance_id("ingest.staticMembership=false") is None
 
 
 def test_hostnetwork_uses_cluster_dns() -> None:

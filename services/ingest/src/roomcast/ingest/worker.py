@@ -264,6 +264,9 @@ class IngestWorker:
                 bootstrap_servers=self.cfg.kafka,
                 **auth,
                 group_id=self.cfg.group,
+                group_instance_id=self.cfg.instance_id or None,
+                session_timeout_ms=self.cfg.session_timeout_ms,
+                heartbeat_interval_ms=min(3000, self.cfg.session_timeout_ms // 3),
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
@@ -369,6 +372,11 @@ class IngestWorker:
         if self._dead_letters is not None:
             await self._dead_letters.close()
         if self._consumer is not None:
+            if self.cfg.instance_id:
+                # A static member does not leave the group on close (aiokafka, like Kafka's Java
+                # client): its partitions would wait out the session timeout. Shutting down is
+                # not restarting, so leave as a dynamic member does: they move on at once.
+                self._consumer._coordinator._group_instance_id = None
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
