@@ -11,12 +11,14 @@ import asyncio
 import json
 import signal
 import time
+import urllib.request
 
 import nats
 from aiokafka import AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ingest.conftest import IngestEnv
-from tests.support import Service
+from tests.support import Service, free_port
 
 PARTITIONS = 8  # the ingest_env topic's
 
@@ -141,5 +143,43 @@ async def test_a_shorter_session_timeout_gives_a_dead_workers_partitions_away_so
         took = time.monotonic() - killed_at
         print(f"kill -9 with a 6 s session: all partitions consumed again after {took:.1f} s")
         assert took < 8.5, f"{took:.1f} s"
+    finally:
+        await arrivals.close()
+
+
+def _lag_partitions(metrics_port: int) -> set[str]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
+    return {
+        s.labels["partition"]
+        for family in text_string_to_metric_families(text.decode())
+        for s in family.samples
+        if s.name == "roomcast_ingest_consumer_lag"
+    }
+
+
+async def test_consumer_lag_is_exported_only_for_the_partitions_a_worker_owns(
+    ingest_env: IngestEnv,
+) -> None:
+    """After a rebalance a worker stops exporting the lag of partitions it handed over (a stale
+    gauge would be summed, or maxed, with the new owner's on the dashboard)."""
+    arrivals = Arrivals()
+    await arrivals.start(ingest_env)
+    try:
+        port_a, port_b = free_port(), free_port()
+        a = ingest_env.start("--window-ms", "50", "--metrics-port", str(port_a))
+        await flowing(arrivals, ingest_env, a)
+        deadline = time.monotonic() + 20  # the gauge is updated every 2 s
+        while len(_lag_partitions(port_a)) < PARTITIONS:
+            assert time.monotonic() < deadline, _lag_partitions(port_a)
+            await asyncio.sleep(0.2)
+        b = ingest_env.start("--window-ms", "50", "--metrics-port", str(port_b))
+        await flowing(arrivals, ingest_env, a, b)
+        deadline = time.monotonic() + 20
+        while True:
+            own_a, own_b = _lag_partitions(port_a), _lag_partitions(port_b)
+            if own_a and own_b and not own_a & own_b and len(own_a | own_b) == PARTITIONS:
+                break
+            assert time.monotonic() < deadline, (own_a, own_b)
+            await asyncio.sleep(0.2)
     finally:
         await arrivals.close()

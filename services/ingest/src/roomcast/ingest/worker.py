@@ -722,6 +722,8 @@ class IngestWorker:
         for p in partitions:
             self.offsets.pop(p, None)
             self.stats.last_commit.pop(p, None)
+            with contextlib.suppress(KeyError):  # its lag is the new owner's to export
+                metrics.CONSUMER_LAG.remove(str(p))
         if self.backlog:
             self.backlog = deque(b for b in self.backlog if b.partition not in partitions)
         for seq in [s for s, e in self.in_flight.items() if e.blob.partition in partitions]:
