@@ -105,9 +105,12 @@ def start_pipeline(
     name: str,
     partitions: int,
     window_ms: int,
+    gateway_metrics_port: int = 0,
+    ingest_metrics_port: int = 0,
 ) -> tuple[str, int]:
     """A fresh topic (and its .dlq), one ingest and one gateway worker on their own subjects and
-    stream, as an operator starts them. Returns the topic and the gateway's port, once healthy."""
+    stream, as an operator starts them. Returns the topic and the gateway's port, once healthy.
+    The metrics ports are off unless given."""
     topic, prefix = unique(name), unique(name).replace("-", "_")
     asyncio.run(create_topic(kafka, topic, partitions))
     asyncio.run(create_topic(kafka, topic + ".dlq", 1))
@@ -115,13 +118,32 @@ def start_pipeline(
     gateway = services(
         "gateway",
         ["gateway", "--nats", nats, "--port", str(port), "--workers", "1", "--auth", "off"]
-        + ["--subject-prefix", prefix, "--metrics-port", "0"],
+        + ["--subject-prefix", prefix, "--metrics-port", str(gateway_metrics_port)],
     )
     services(
         "ingest",
         ["ingest", "--kafka", kafka, "--nats", nats, "--topic", topic, "--group", unique("g")]
         + ["--window-ms", str(window_ms), "--subject-prefix", prefix]
-        + ["--stream", unique("S").replace("-", "_"), "--metrics-port", "0"],
+        + ["--stream", unique("S").replace("-", "_")]
+        + ["--metrics-port", str(ingest_metrics_port)],
     )
     wait_http_ok(f"http://127.0.0.1:{port}/readyz", gateway)
     return topic, port
+
+
+def scrape(metrics_url: str, name: str) -> float:
+    """A series from a /metrics endpoint, summed over its other labels: `name` or
+    `name{label="v",...}`."""
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"{metrics_url}/metrics", timeout=5).read().decode()
+    base, _, selector = name.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', selector))
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == base and wanted.items() <= s.labels.items()
+    )

@@ -150,3 +150,23 @@ def test_encoded_blob_embeds_events_byte_for_byte() -> None:
     decoded = decode_blob(blob)
     assert bytes(decoded.events[0]) == raw
     assert msgspec.json.decode(blob)["offsets"] == [9]
+
+
+def test_each_blob_carries_the_produce_time_of_its_first_event() -> None:
+    """The leading edge, a merged window, an early cut and a drain each keep the Kafka timestamp
+    of the event that started the blob (its oldest), not of a later one."""
+    w = MergeWindow(1.0, max_events=3)
+    (lead,) = w.add("r", 0, 0, ev(0), now=0.0, produced_ms=1000)
+    assert lead.produced_ms == 1000
+    assert w.add("r", 0, 1, ev(1), now=0.1, produced_ms=1100) == ()
+    assert w.add("r", 0, 2, ev(2), now=0.2, produced_ms=1200) == ()
+    (cut,) = w.add("r", 0, 3, ev(3), now=0.3, produced_ms=1300)  # max_events: cut early
+    assert (cut.offsets, cut.produced_ms) == ([1, 2, 3], 1100)
+    w.add("r", 0, 4, ev(4), now=0.4, produced_ms=1400)
+    w.add("r", 0, 5, ev(5), now=0.5, produced_ms=900)  # out of order: still the first one's
+    (merged,) = w.due(1.0)
+    assert (merged.offsets, merged.produced_ms) == ([4, 5], 1400)
+    w.add("r", 0, 6, ev(6), now=1.1, produced_ms=2000)
+    (drained,) = w.drain()
+    assert (drained.offsets, drained.produced_ms) == ([6], 2000)
+    assert w.add("q", 0, 0, ev(0), now=5.0)[0].produced_ms == -1  # not given: unknown

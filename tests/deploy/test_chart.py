@@ -66,6 +66,7 @@ NAMED = {
         "nats-creds": "nats.credsFile",
         "nats-nkey-seed": "nats.nkeySeedFile",
         "nats-tls-ca": "nats.tlsCaFile",
+        "instance-id": "ingest.staticMembership",  # the pod's name, from the downward API
     },
 }
 # Values the chart has ahead of the command (the gateway's --metrics-port is on its way).
@@ -226,6 +227,35 @@ def test_gateway_probes_and_scrapes_use_the_group_endpoint_by_default() -> None:
     data = config_data(docs, "gateway")
     assert data["ROOMCAST_GATEWAY_METRICS_PORT"] == "9465"
     assert data["ROOMCAST_GATEWAY_METRICS_HOST"] == "0.0.0.0"
+
+
+def test_grafana_dashboard_is_an_opt_in_configmap_for_the_sidecar() -> None:
+    """Off by default; on, one ConfigMap labelled for Grafana's sidecar holds the chart's one copy
+    of the dashboard, byte for byte (tests/e2e/test_dashboard.py checks what it queries)."""
+    assert not [d for d in render() if d["metadata"]["name"].endswith("-dashboard")]
+    dashboard = (CHART / "dashboards" / "roomcast.json").read_text()
+    docs = render("metrics.grafanaDashboard.enabled=true")
+    validate(docs)
+    cm = one(docs, "ConfigMap", "-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["data"]["roomcast.json"] == dashboard.rstrip("\n")
+    assert json.loads(cm["data"]["roomcast.json"])["uid"] == "roomcast"
+    full = one(render(values=[FULL]), "ConfigMap", "-dashboard")["metadata"]
+    assert full["labels"]["grafana_dashboard"] == "yes" and full["labels"]["team"] == "live"
+    assert full["annotations"] == {"grafana_folder": "live"}
+
+
+def test_ingest_is_a_static_group_member_named_after_its_pod() -> None:
+    def instance_id(*sets: str) -> dict[str, Any] | None:
+        pod = one(render(*sets), "Deployment", "-ingest")["spec"]["template"]["spec"]
+        env = {e["name"]: e for e in pod["containers"][0].get("env", [])}
+        return env.get("ROOMCAST_INGEST_INSTANCE_ID")
+
+    assert instance_id() == {
+        "name": "ROOMCAST_INGEST_INSTANCE_ID",
+        "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+    }
+    assert instance_id("ingest.staticMembership=false") is None
 
 
 def test_hostnetwork_uses_cluster_dns() -> None:

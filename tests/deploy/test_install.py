@@ -245,7 +245,7 @@ async def test_the_chart_runs_in_podman_serves_viewers_and_drains(
     assert nats_url.startswith("nats://127.0.0.1:") and kafka_bootstrap.startswith("127.0.0.1:")
     topic = kafka_topic(partitions=4)
     release = unique("rct")
-    port, metrics = free_port(), free_port()
+    port, metrics, gw_metrics = free_port(), free_port(), free_port()
     docs = await asyncio.to_thread(
         render,
         f"kafka.bootstrap={kafka_bootstrap}",
@@ -261,6 +261,8 @@ async def test_the_chart_runs_in_podman_serves_viewers_and_drains(
         "gateway.replicas=1",
         "ingest.replicas=1",
         f"ingest.metricsPort={metrics}",
+        f"gateway.metricsPort={gw_metrics}",
+        "gateway.options.metricsHost=127.0.0.1",
         "ingest.options.windowMs=100",
         f"helmTest.gatewayUrl=http://127.0.0.1:{port}",
         release=release,
@@ -272,7 +274,9 @@ async def test_the_chart_runs_in_podman_serves_viewers_and_drains(
     play("app", playable(app))
     gw, ing = container(gw_name, "gateway"), container(ingest_name, "ingest")
     base = f"http://127.0.0.1:{port}"
-    await until("gateway /readyz 200", lambda: get(base + "/readyz") == 200, 60, lambda: logs(gw))
+    # The group's /readyz: every worker is ready (the viewer port's answers for one of them).
+    group = f"http://127.0.0.1:{gw_metrics}/readyz"
+    await until("gateway /readyz 200", lambda: get(group) == 200, 60, lambda: logs(gw))
     await until(
         "ingest /healthz 200",
         lambda: get(f"http://127.0.0.1:{metrics}/healthz") == 200,

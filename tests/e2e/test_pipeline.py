@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from roomcast.core.blob import decode_blob
 from roomcast.core.protocol import message_type
-from tests.support import Service, start_pipeline, unique
+from tests.support import Service, free_port, scrape, start_pipeline, unique
 
 WINDOW_MS = 500
 EVENTS = 1000
@@ -103,3 +103,39 @@ async def test_every_viewer_gets_exactly_its_rooms_events_in_order_and_merged(
             )
             # merging really happens: ~duration/window frames, not one frame per event
             assert 0.5 * duration / (WINDOW_MS / 1000) <= frames[i][room] <= bound, frames[i]
+
+
+async def test_gateway_measures_delivery_latency_from_the_events_produce_time(
+    kafka_bootstrap: str, nats_url: str, services: Callable[[str, list[str]], Service]
+) -> None:
+    """An event produced with a record timestamp 3 s in the past reaches a viewer, and the live
+    gateway's roomcast_gateway_delivery_latency_seconds counts that blob once, at >= 3 s: ingest
+    stamped the blob with its Kafka timestamp (Roomcast-Produced-Ms)."""
+    metrics_port = free_port()
+    topic, port = await asyncio.to_thread(
+        start_pipeline, services, kafka_bootstrap, nats_url,
+        name="lat", partitions=2, window_ms=200, gateway_metrics_port=metrics_port,
+    )  # fmt: skip
+
+    async def latency(series: str) -> float:
+        name = "roomcast_gateway_delivery_latency_" + series
+        return await asyncio.to_thread(scrape, f"http://127.0.0.1:{metrics_port}", name)
+
+    room = unique("lat")
+    async with connect(f"ws://127.0.0.1:{port}/ws", compression=None) as ws:
+        await join(ws, room)
+        assert await latency("seconds_count") == 0
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            produced_ms = int(time.time() * 1000) - 3000
+            await producer.send_and_wait(topic, b'{"hi":1}', key=room.encode(),
+                                         timestamp_ms=produced_ms)  # fmt: skip
+        finally:
+            await producer.stop()
+        while message_type(data := await asyncio.wait_for(ws.recv(), 30)) != "blob":
+            pass
+        assert decode_blob(data).decoded_events() == [{"hi": 1}]
+    assert await latency("seconds_count") == 1
+    assert 3.0 <= await latency("seconds_sum") < 13.0
+    assert await latency('seconds_bucket{le="3.0"}') == 0

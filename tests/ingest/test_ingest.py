@@ -184,3 +184,41 @@ async def test_bad_records_go_to_the_dead_letter_topic_and_the_partition_flows(
         )
         assert int(headers["roomcast-offset"]) >= 0
     assert {m.value for m in letters} >= {b"{not json", b'{"seq":0,"text":"caf\xe9"}'}
+
+
+async def test_every_blob_carries_the_kafka_timestamp_of_its_oldest_event(
+    ingest_env: IngestEnv,
+) -> None:
+    """Roomcast-Produced-Ms: the record timestamp the producer set on the blob's first event, on
+    the leading-edge blob and on the merged one, as a NATS subscriber receives them."""
+    ingest_env.start("--window-ms", "1000")
+    nc = await nats.connect(ingest_env.nats)
+    got: list[tuple[list[int], str | None]] = []
+
+    async def on_blob(msg: nats.aio.msg.Msg) -> None:
+        blob = json.loads(msg.data)
+        if blob["room"] == "stamped":
+            got.append((blob["offsets"], (msg.headers or {}).get("Roomcast-Produced-Ms")))
+
+    await nc.subscribe(f"{ingest_env.prefix}.>", cb=on_blob)
+    base = int(time.time() * 1000) - 60_000  # a minute ago: not the broker's append time
+    producer = AIOKafkaProducer(bootstrap_servers=ingest_env.kafka, acks="all", linger_ms=50)
+    await producer.start()
+    try:
+        futs = [
+            await producer.send(ingest_env.topic, b'{"n":%d}' % i, key=b"stamped",
+                                timestamp_ms=base + 100 * i)
+            for i in range(3)
+        ]  # fmt: skip
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + 30
+    while sum(len(offsets) for offsets, _ in got) < 3 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await nc.close()
+    assert got, "no blob of room 'stamped' arrived"
+    assert sum(len(offsets) for offsets, _ in got) == 3, got
+    # A fresh topic: the room's events are offsets 0, 1, 2 of its partition, event i stamped
+    # base + 100 i. The leading edge goes out alone, the others merge into one blob.
+    assert got == [([0], str(base)), ([1, 2], str(base + 100))], got

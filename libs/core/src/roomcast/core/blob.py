@@ -18,6 +18,8 @@ from roomcast.core.errors import EventError
 
 MAX_EVENT_BYTES = 64 * 1024
 """Default limit on one event's JSON value; bigger ones go to the dead-letter topic."""
+PRODUCED_HEADER = "Roomcast-Produced-Ms"
+"""NATS header ingest sets on each blob: the Kafka timestamp (ms) of its first (oldest) event."""
 
 validate_json = msgspec.json.Decoder(msgspec.Raw).decode
 """Raise msgspec.DecodeError unless the bytes are one JSON value; builds no Python objects.

@@ -6,6 +6,9 @@ are merged and published when that window ends. A hot room thus gets at most one
 window (ceil(T / window) + 1 blobs over T seconds), whatever its event rate. A buffer is
 flushed early when it reaches `max_events` or `max_bytes`. `window_s == 0` disables merging.
 
+Each blob also carries when its first (oldest) event was produced: the caller passes every
+event's Kafka timestamp, and it is kept once per blob, when the blob starts (never per event).
+
 Pure: the caller passes `now` (monotonic seconds) and publishes what comes back.
 """
 
@@ -30,6 +33,7 @@ class PendingBlob:
     offsets: list[int] = field(default_factory=list)
     events: list[bytes] = field(default_factory=list)
     nbytes: int = 0
+    produced_ms: int = -1  # Kafka timestamp (ms) of the first event; -1: unknown
 
     def encode(self) -> bytes:
         return encode_blob(self.room, self.partition, self.offsets, self.events)
@@ -68,13 +72,20 @@ class MergeWindow:
         self._seq = 0
 
     def add(
-        self, room: str, partition: int, offset: int, event: bytes, now: float
+        self,
+        room: str,
+        partition: int,
+        offset: int,
+        event: bytes,
+        now: float,
+        produced_ms: int = -1,
     ) -> tuple[PendingBlob, ...] | list[PendingBlob]:
-        """Add one event; return the blobs to publish now (often none)."""
+        """Add one event (`produced_ms`: its Kafka timestamp); return the blobs to publish now
+        (often none). A blob keeps the timestamp of the event that started it."""
         state = self._rooms.get(room)
         if state is None:
             # Leading edge: the room was idle for a whole window (or merging is off).
-            blob = PendingBlob(room, partition, [offset], [event], len(event))
+            blob = PendingBlob(room, partition, [offset], [event], len(event), produced_ms)
             if self.window_s > 0:
                 self._schedule(room, _Room(last_flush=now, due=now + self.window_s))
             return (blob,)
@@ -92,7 +103,7 @@ class MergeWindow:
             out.append(self._take(state))
             buf = None
         if buf is None:
-            buf = state.buf = PendingBlob(room, partition)
+            buf = state.buf = PendingBlob(room, partition, produced_ms=produced_ms)
         buf.offsets.append(offset)
         buf.events.append(event)
         buf.nbytes += len(event)

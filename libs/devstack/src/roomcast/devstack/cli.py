@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 import urllib.request
@@ -224,7 +226,10 @@ def dev(
             ingest = _service(
                 "ingest",
                 ["ingest", "--kafka", kafka, "--nats", nats, "--topic", topic]
-                + ["--window-ms", str(window_ms), "--metrics-port", str(ingest_metrics_port)],
+                + ["--window-ms", str(window_ms), "--metrics-port", str(ingest_metrics_port)]
+                # Static group membership, one name per `roomcast dev`: a restarted ingest
+                # takes its partitions back at once instead of after the session timeout.
+                + ["--instance-id", f"dev-{socket.gethostname()}-{os.getpid()}"],
                 state_dir,
                 needs=brokers,
                 ports={ingest_metrics_port: "--ingest-metrics-port"} if ingest_metrics_port else {},

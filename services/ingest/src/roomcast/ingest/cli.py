@@ -49,6 +49,12 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 @_opt("--topic-partitions", default=_D.topic_partitions, type=click.IntRange(min=1),
       help="Partitions of TOPIC if ingest creates it (TOPIC.dlq gets 1).")  # fmt: skip
 @_opt("--group", default=_D.group, help="Kafka consumer group: workers in it share partitions.")
+@_opt("--instance-id", default=_D.instance_id,
+      help="Static group membership: a name unique to this worker that a restart reuses (a pod's "
+      "name), so a restarted worker gets its partitions back at once. Empty: dynamic.")  # fmt: skip
+@_opt("--session-timeout-ms", default=_D.session_timeout_ms, type=click.IntRange(min=1000),
+      help="A worker silent this long loses its partitions to the others (brokers allow 6000 "
+      "and up by default). Lower: faster takeover, more rebalances of slow workers.")  # fmt: skip
 @_opt(
     "--window-ms",
     default=_D.window_ms,

@@ -29,6 +29,8 @@ class IngestConfig:
     topic: str = "roomcast.events"
     topic_partitions: int = 8  # when ingest creates the topic; an existing one is never changed
     group: str = "roomcast-ingest"
+    instance_id: str = ""  # static group membership (KIP-345) when set; unique per worker
+    session_timeout_ms: int = 10_000  # the group gives a silent worker's partitions away after it
     window_ms: int = 1000
     max_blob_events: int = DEFAULT_MAX_EVENTS
     max_blob_bytes: int = DEFAULT_MAX_BYTES

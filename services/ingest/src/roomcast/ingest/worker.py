@@ -37,7 +37,7 @@ from aiokafka.errors import (
 from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
-from roomcast.core.blob import check_event, validate_json
+from roomcast.core.blob import PRODUCED_HEADER, check_event, validate_json
 from roomcast.core.errors import EventError
 from roomcast.core.merge import MergeWindow, PendingBlob
 from roomcast.core.natsauth import nats_connect_options
@@ -266,6 +266,9 @@ class IngestWorker:
                 bootstrap_servers=self.cfg.kafka,
                 **auth,
                 group_id=self.cfg.group,
+                group_instance_id=self.cfg.instance_id or None,
+                session_timeout_ms=self.cfg.session_timeout_ms,
+                heartbeat_interval_ms=min(3000, self.cfg.session_timeout_ms // 3),
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
                 fetch_max_wait_ms=self.cfg.fetch_max_wait_ms,
@@ -371,6 +374,11 @@ class IngestWorker:
         if self._dead_letters is not None:
             await self._dead_letters.close()
         if self._consumer is not None:
+            if self.cfg.instance_id:
+                # A static member does not leave the group on close (aiokafka, like Kafka's Java
+                # client): its partitions would wait out the session timeout. Shutting down is
+                # not restarting, so leave as a dynamic member does: they move on at once.
+                self._consumer._coordinator._group_instance_id = None
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -458,7 +466,7 @@ class IngestWorker:
                 except EventError as exc:
                     self._dead_letter(r, exc.reason, str(exc))
                 continue
-            blobs = add(room, partition, offset, value, now)  # type: ignore[arg-type]
+            blobs = add(room, partition, offset, value, now, r.timestamp)  # type: ignore[arg-type]
             if blobs:  # usually not: most events wait in their room's window
                 for blob in blobs:
                     await self._publish(blob)
@@ -501,10 +509,11 @@ class IngestWorker:
     async def _send(self, seq: int, entry: _InFlight) -> None:
         entry.attempts += 1
         entry.sent_at = time.monotonic()
+        headers = {"Nats-Msg-Id": entry.blob.msg_id}
+        if entry.blob.produced_ms >= 0:  # the gateways' delivery latency starts here
+            headers[PRODUCED_HEADER] = str(entry.blob.produced_ms)
         try:
-            fut = await self._js.publish_async(
-                entry.subject, entry.data, headers={"Nats-Msg-Id": entry.blob.msg_id}
-            )
+            fut = await self._js.publish_async(entry.subject, entry.data, headers=headers)
         except Exception as exc:  # disconnected, buffer full: the retry timer sends it again
             self._publish_failed(exc, entry)
             entry.future = None
@@ -715,6 +724,8 @@ class IngestWorker:
         for p in partitions:
             self.offsets.pop(p, None)
             self.stats.last_commit.pop(p, None)
+            with contextlib.suppress(KeyError):  # its lag is the new owner's to export
+                metrics.CONSUMER_LAG.remove(str(p))
         if self.backlog:
             self.backlog = deque(b for b in self.backlog if b.partition not in partitions)
         for seq in [s for s, e in self.in_flight.items() if e.blob.partition in partitions]:
