@@ -112,8 +112,12 @@ def produce(
         ))  # fmt: skip
     except (ValueError, OSError) as exc:
         raise click.UsageError(str(exc)) from None
-    # Our own errors say what is wrong; aiokafka's log lines would only repeat it.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # Our own errors say what is wrong; aiokafka's log lines would only repeat it. Its last error
+    # is kept to say why Kafka could not be reached (e.g. a refused SASL login).
+    aiokafka_log = logging.getLogger("aiokafka")
+    aiokafka_log.setLevel(logging.ERROR)
+    aiokafka_log.propagate = False
+    aiokafka_log.addHandler(_HEARD)
     sent, error = asyncio.run(_produce(kafka, topic, room, values, max_event_bytes, auth))
     if sent:
         click.echo(f"produced {sent} event{'s' * (sent != 1)} to room {room} ({topic})", err=True)
@@ -140,6 +144,20 @@ def _check(n: int, value: bytes, max_bytes: int) -> None:
         raise click.ClickException(f"event {n}: {exc}") from None
 
 
+class _LastError(logging.Handler):
+    """Keeps the last error aiokafka logged (its logs are silenced: our errors say it once)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.last = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+_HEARD = _LastError()
+
+
 async def _produce(
     kafka: str,
     topic: str,
@@ -155,11 +173,13 @@ async def _produce(
     producer = AIOKafkaProducer(
         bootstrap_servers=kafka, acks="all", linger_ms=5, request_timeout_ms=15000, **(auth or {})
     )
+    heard = _HEARD
     try:
         await producer.start()
-    except KafkaConnectionError as exc:
+    except KafkaConnectionError:
         await producer.stop()
-        why = f" ({exc})" if auth and auth.get("security_protocol") != "PLAINTEXT" else ""
+        secured = (auth or {}).get("security_protocol", "PLAINTEXT") != "PLAINTEXT"
+        why = f" ({heard.last})" if secured and heard.last else ""  # e.g. a refused SASL login
         return 0, KafkaProblem(
             f"cannot reach Kafka at {kafka}{why}; is it running? (`roomcast dev` starts one)"
         )
