@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import time
 import urllib.error
@@ -15,26 +14,18 @@ from typing import Any
 
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosedError, InvalidStatus
 from websockets.frames import Opcode
 from websockets.sync.client import connect
 
 from roomcast.devstack import LocalNats
 from tests.gateway.conftest import Gateway, RawViewer, join_message
+from tests.support import scrape
 
 
 def metric(gw: Gateway, name: str) -> float:
     """A series from the group's /metrics, summed over workers: `name` or `name{label="v"}`."""
-    text = urllib.request.urlopen(f"{gw.metrics_url}/metrics", timeout=5).read().decode()
-    base, _, selector = name.partition("{")
-    wanted = dict(re.findall(r'(\w+)="([^"]*)"', selector))
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == base and wanted.items() <= s.labels.items()
-    )
+    return scrape(gw.metrics_url, name)
 
 
 def nats_subjects(nats: LocalNats) -> set[str]:

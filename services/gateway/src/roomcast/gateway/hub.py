@@ -529,16 +529,21 @@ class Hub(Generic[P]):
                 if zframe is None:
                     zframe = self._deflate(data) or frame
                 out = zframe
-            try:
-                v.transport.write(out)  # type: ignore[union-attr]
-            except Exception:
-                result.broken.append(v)
-                continue
-            if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
-                self.mark_queued(v)
-            result.sent += 1
-            result.nbytes += len(out)
-            result.deflated += out is not frame
+            if self._write(v, out, result):
+                result.sent += 1
+                result.nbytes += len(out)
+                result.deflated += out is not frame
+
+    def _write(self, v: P, data: bytes, result: FanoutResult[P]) -> bool:
+        """One write through the viewer's transport (the paths that are not a bare loop)."""
+        try:
+            v.transport.write(data)  # type: ignore[union-attr]
+        except Exception:
+            result.broken.append(v)
+            return False
+        if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
+            self.mark_queued(v)  # no direct send may overtake what it left queued
+        return True
 
     def _fanout_many(self, batch: list[tuple[str, bytes]], result: FanoutResult[P]) -> None:
         has_all = any(name == ALL_ROOM for name, _ in batch)
@@ -579,29 +584,18 @@ class Hub(Generic[P]):
                     else:
                         frames.append(out)
                     continue
-                try:
-                    v.transport.write(out)  # type: ignore[union-attr]
-                except Exception:
-                    result.broken.append(v)
-                    continue
-                if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
-                    self.mark_queued(v)
-                result.sent += 1
-                result.nbytes += len(out)
-                result.deflated += out is not frame
+                if self._write(v, out, result):
+                    result.sent += 1
+                    result.nbytes += len(out)
+                    result.deflated += out is not frame
         for v, frames in combined.items():
             if len(frames) == 1:
                 out = frames[0]
             else:
                 out = b"".join(frames)
                 result.coalesced += 1
-            try:
-                v.transport.write(out)  # type: ignore[union-attr]
-            except Exception:
-                result.broken.append(v)
+            if not self._write(v, out, result):
                 continue
-            if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
-                self.mark_queued(v)
             result.sent += len(frames)
             result.nbytes += len(out)
             if v.deflate:
