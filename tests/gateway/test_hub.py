@@ -447,6 +447,7 @@ class FakeNet:
     def __init__(self) -> None:
         self.by_fd: dict[int, FakeTransport] = {}
         self.calls = 0
+        self.waves = 0
 
     def add(self, *viewers: FakeViewer) -> None:
         for v in viewers:
@@ -471,10 +472,19 @@ class FakeNet:
                 t.data += data
         return failed
 
+    def send_many(self, items: list[tuple[object, bytes]]) -> list[tuple[int, int, int]]:
+        self.waves += 1
+        fds = [fd for item_fds, _ in items for fd in item_fds]  # type: ignore[attr-defined]
+        assert len(fds) == len(set(fds)), "a descriptor twice in one submission"
+        calls = self.calls
+        out = [(j, i, r) for j, (f, data) in enumerate(items) for i, r in self.send_all(f, data)]
+        self.calls = calls
+        return out
+
 
 def sending_hub(*names: str) -> tuple[Hub[FakeViewer], FakeNet, list[FakeViewer]]:
     net = FakeNet()
-    hub: Hub[FakeViewer] = Hub(sender=net.send_all)
+    hub: Hub[FakeViewer] = Hub(sender=net.send_all, batch_sender=net.send_many)
     viewers = [opened(hub, n) for n in names]
     net.add(*viewers)
     return hub, net, viewers
@@ -530,3 +540,30 @@ def test_a_reply_left_queued_keeps_the_viewer_off_direct_sends() -> None:
     hub.fanout([("r", blob("r", 1))])
     v.transport.drain()
     assert v.transport.frames() == [b"{}", blob("r", 1)]
+
+
+def test_a_turn_of_several_bare_rooms_is_one_submission_and_a_room_twice_is_two() -> None:
+    hub, net, (a1, a2, b1, c1) = sending_hub("a1", "a2", "b1", "c1")
+    live_room(hub, "a", a1, a2)
+    live_room(hub, "b", b1)
+    live_room(hub, "c", c1)
+    c1.transport.full = True  # its frames go on through its own queue
+    hub.fanout([("a", blob("a", 1)), ("b", blob("b", 2)), ("c", blob("c", 3))])
+    assert net.waves == 1 and net.calls == 0 and c1.queued
+    hub.fanout([("a", blob("a", 4)), ("a", blob("a", 5)), ("b", blob("b", 6))])
+    assert net.waves == 3  # a room twice: the second frame in a submission of its own
+    c1.transport.drain()
+    assert a1.transport.frames() == a2.transport.frames() == [blob("a", i) for i in (1, 4, 5)]
+    assert b1.transport.frames() == [blob("b", 2), blob("b", 6)]
+    assert c1.transport.frames() == [blob("c", 3)]
+
+
+def test_a_room_whose_viewer_queued_in_an_earlier_wave_leaves_the_bare_path() -> None:
+    hub, _net, (a1, a2) = sending_hub("a1", "a2")
+    live_room(hub, "a", a1, a2)
+    a1.transport.short = 5
+    a1.transport.full = True  # the rest of the first frame stays queued
+    hub.fanout([("a", blob("a", 1)), ("a", blob("a", 2))])
+    assert a1.queued
+    a1.transport.drain()
+    assert a1.transport.frames() == a2.transport.frames() == [blob("a", 1), blob("a", 2)]

@@ -434,6 +434,122 @@ done:
     return out;
 }
 
+/* send_many's batch loop: every (fd, frame) of every item, `entries` per io_uring_enter. */
+static int ring_send_many_batches(RingObject *self, FdList *fls, Py_buffer *datas,
+                                  Py_ssize_t total, int *results) {
+    unsigned mask = *self->sq_mask, cmask = *self->cq_mask;
+    Py_ssize_t j = 0, i = 0, flat = 0; /* item, index in it, index over all items */
+    while (flat < total) {
+        unsigned batch = 0;
+        unsigned tail = *self->sq_tail;
+        while (batch < self->entries && flat + (Py_ssize_t)batch < total) {
+            while (i >= fls[j].n) { /* skip items with no fds left */
+                j++;
+                i = 0;
+            }
+            struct io_uring_sqe *sqe = &self->sqes[(tail + batch) & mask];
+            memset(sqe, 0, sizeof(*sqe));
+            sqe->opcode = IORING_OP_SEND;
+            sqe->fd = fls[j].fds[i];
+            sqe->addr = (uint64_t)(uintptr_t)datas[j].buf;
+            sqe->len = (unsigned)datas[j].len;
+            sqe->msg_flags = SEND_FLAGS;
+            sqe->user_data = batch;
+            batch++;
+            i++;
+        }
+        __atomic_store_n(self->sq_tail, tail + batch, __ATOMIC_RELEASE);
+        int rc = submit_and_wait(self, batch);
+        if (rc < 0) return rc;
+        unsigned head = *self->cq_head;
+        for (unsigned k = 0; k < batch; k++) {
+            struct io_uring_cqe *cqe = &self->cqes[(head + k) & cmask];
+            if (cqe->user_data < batch) results[flat + (Py_ssize_t)cqe->user_data] = cqe->res;
+        }
+        __atomic_store_n(self->cq_head, head + batch, __ATOMIC_RELEASE);
+        flat += batch;
+    }
+    return 0;
+}
+
+PyDoc_STRVAR(send_many_doc,
+"send_many(items) -> list[tuple[int, int, int]]\n\n"
+"send_all for several frames at once: items is a list of (fds, data) pairs, whose sends share\n"
+"batches of up to `entries` per io_uring_enter. A descriptor must appear at most once in a call\n"
+"(two sends to one socket in one submission have no guaranteed order). Returns (item, index,\n"
+"result) for every send that did not complete fully: result >= 0 bytes sent, < 0 is -errno.");
+
+static PyObject *ring_send_many(RingObject *self, PyObject *args) {
+    PyObject *items_obj;
+    if (!PyArg_ParseTuple(args, "O:send_many", &items_obj)) return NULL;
+    if (ring_check(self) < 0) return NULL;
+    PyObject *items = PySequence_Fast(items_obj, "items must be a list of (fds, data)");
+    if (!items) return NULL;
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(items), got = 0, total = 0;
+    FdList *fls = PyMem_Calloc((size_t)(m > 0 ? m : 1), sizeof(FdList));
+    Py_buffer *datas = PyMem_Calloc((size_t)(m > 0 ? m : 1), sizeof(Py_buffer));
+    int *results = NULL;
+    PyObject *out = NULL;
+    if (!fls || !datas) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; got < m; got++) {
+        PyObject *it = PySequence_Fast_GET_ITEM(items, got);
+        if (!PyTuple_Check(it) || PyTuple_GET_SIZE(it) != 2) {
+            PyErr_SetString(PyExc_TypeError, "each item must be a (fds, data) tuple");
+            goto done;
+        }
+        if (fdlist_get(PyTuple_GET_ITEM(it, 0), &fls[got]) < 0) goto done;
+        if (get_data(PyTuple_GET_ITEM(it, 1), &datas[got]) < 0) {
+            fdlist_release(&fls[got]);
+            goto done;
+        }
+        total += fls[got].n;
+    }
+    results = PyMem_Malloc((size_t)(total > 0 ? total : 1) * sizeof(int));
+    if (!results) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t k = 0; k < total; k++) results[k] = -ECANCELED;
+    self->busy = 1;
+    int rc = ring_send_many_batches(self, fls, datas, total, results);
+    self->busy = 0;
+    if (rc < 0) {
+        ring_unmap(self); /* unknown state: nothing may reuse it */
+        errno = -rc;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    out = PyList_New(0);
+    Py_ssize_t base = 0;
+    for (Py_ssize_t j = 0; out && j < m; j++) {
+        for (Py_ssize_t i = 0; i < fls[j].n; i++) {
+            int r = results[base + i];
+            if (r == (int)datas[j].len) continue;
+            PyObject *t = Py_BuildValue("(nnl)", j, i, (long)r);
+            if (!t || PyList_Append(out, t) < 0) {
+                Py_XDECREF(t);
+                Py_CLEAR(out);
+                break;
+            }
+            Py_DECREF(t);
+        }
+        base += fls[j].n;
+    }
+done:
+    for (Py_ssize_t k = 0; k < got; k++) {
+        fdlist_release(&fls[k]);
+        PyBuffer_Release(&datas[k]);
+    }
+    PyMem_Free(fls);
+    PyMem_Free(datas);
+    PyMem_Free(results);
+    Py_DECREF(items);
+    return out;
+}
+
 static PyObject *ring_close(RingObject *self, PyObject *unused) {
     if (self->busy) {
         PyErr_SetString(PyExc_RuntimeError, "Ring is in use by another send_all");
@@ -457,6 +573,7 @@ static PyObject *ring_get_flags(RingObject *self, void *closure) {
 
 static PyMethodDef ring_methods[] = {
     {"send_all", (PyCFunction)(void (*)(void))ring_send_all, METH_VARARGS | METH_KEYWORDS, send_all_doc},
+    {"send_many", (PyCFunction)ring_send_many, METH_VARARGS, send_many_doc},
     {"close", (PyCFunction)ring_close, METH_NOARGS, "Close the ring (idempotent)."},
     {NULL, NULL, 0, NULL},
 };

@@ -52,6 +52,9 @@ class Transport(Protocol):
 
 
 Sender = Callable[["array[int]", bytes], list[tuple[int, int]]]
+BatchSender = Callable[[list[tuple["array[int]", bytes]]], list[tuple[int, int, int]]]
+"""Several (descriptors, frame) at once, sharing submissions (`Ring.send_many`): returns (item,
+index, bytes sent or -errno) for each send it did not complete. A descriptor at most once."""
 """Writes one frame to many descriptors (`roomcast.uring`: io_uring batches, or a C send()
 loop): returns (index, bytes sent or -errno) for each descriptor it did not fully write."""
 
@@ -136,6 +139,7 @@ class Hub(Generic[P]):
         max_handshakes: int = 1024,
         deflater: Deflater | None = None,
         sender: Sender | None = None,
+        batch_sender: BatchSender | None = None,
     ) -> None:
         self.max_handshakes = max_handshakes
         self.deflater = deflater  # None: never compress
@@ -143,6 +147,9 @@ class Hub(Generic[P]):
         # to their viewers' descriptors in one call; what a descriptor did not take is handed to
         # that viewer's transport, which then holds bytes (`queued`) until it has drained.
         self.sender = sender
+        # With it, the bare rooms of one loop turn share submissions (rooms of tens of viewers
+        # then still send in batches of hundreds).
+        self.batch_sender = batch_sender if sender is not None else None
         self.queued: set[P] = set()
         self.viewers: set[P] = set()  # OPEN viewers
         self.rooms: dict[str, Room[P]] = {}
@@ -448,6 +455,40 @@ class Hub(Generic[P]):
                 result.deflated += len(room.deflated_fds)
         result.sent += n - (len(result.broken) - broken)
 
+    def _add_to_wave(
+        self, wave: _Wave[P], room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]
+    ) -> None:
+        wave.rooms.add(room.name)
+        if room.plain_fds:
+            wave.items.append((room.plain_fds, frame))
+            wave.viewers.append(room.plain_viewers)
+            result.sent += len(room.plain_fds)
+            result.nbytes += len(room.plain_fds) * len(frame)
+        if room.deflated_fds:
+            zframe = self._deflate(data) or frame
+            wave.items.append((room.deflated_fds, zframe))
+            wave.viewers.append(room.deflated_viewers)
+            result.sent += len(room.deflated_fds)
+            result.nbytes += len(room.deflated_fds) * len(zframe)
+            if zframe is not frame:
+                result.deflated += len(room.deflated_fds)
+
+    def _send_wave(self, wave: _Wave[P], result: FanoutResult[P]) -> None:
+        """One submission for the wave's rooms; then each socket's leftovers, as after send_all."""
+        send = self.batch_sender
+        assert send is not None
+        if not wave.items:
+            return
+        broken = len(result.broken)
+        failed = send(wave.items)
+        if failed:
+            by_item: dict[int, list[tuple[int, int]]] = {}
+            for item, index, sent in failed:
+                by_item.setdefault(item, []).append((index, sent))
+            for item, fails in by_item.items():
+                self._after_send(wave.viewers[item], fails, wave.items[item][1], result)
+        result.sent -= len(result.broken) - broken
+
     def _after_send(
         self,
         viewers: list[P],
@@ -548,6 +589,7 @@ class Hub(Generic[P]):
     def _fanout_many(self, batch: list[tuple[str, bytes]], result: FanoutResult[P]) -> None:
         has_all = any(name == ALL_ROOM for name, _ in batch)
         combined: dict[P, list[bytes]] = {}
+        wave: _Wave[P] | None = _Wave() if self.batch_sender is not None else None
         for name, data in batch:
             room = None
             if name == ALL_ROOM:
@@ -565,7 +607,16 @@ class Hub(Generic[P]):
             if room is not None and not has_all:
                 if room.plain is None:
                     self._writers(room)
-                if room.bare:  # nobody here gets another frame this turn: write it now
+                if room.bare and wave is not None:  # sent with the turn's other bare rooms
+                    if room.name in wave.rooms:  # one descriptor at most once per submission
+                        self._send_wave(wave, result)
+                        wave = _Wave()
+                        if room.plain is None:  # some of its viewers queued bytes meanwhile
+                            self._writers(room)
+                    if room.bare:
+                        self._add_to_wave(wave, room, frame, data, result)
+                        continue
+                elif room.bare:  # nobody here gets another frame this turn: write it now
                     self._write_bare(room, frame, data, result)
                     continue
             for v in targets:
@@ -588,6 +639,8 @@ class Hub(Generic[P]):
                     result.sent += 1
                     result.nbytes += len(out)
                     result.deflated += out is not frame
+        if wave is not None and wave.items:
+            self._send_wave(wave, result)
         for v, frames in combined.items():
             if len(frames) == 1:
                 out = frames[0]
@@ -628,6 +681,15 @@ class Hub(Generic[P]):
             room = rooms.get(name)
             if room is not None:
                 room.plain = None
+
+
+@dataclass(slots=True)
+class _Wave(Generic[P]):
+    """Bare rooms' frames of one loop turn, to be sent in one submission."""
+
+    items: list[tuple[array[int], bytes]] = field(default_factory=list)
+    viewers: list[list[P]] = field(default_factory=list)  # per item, in the fds' order
+    rooms: set[str] = field(default_factory=set)
 
 
 def _is_utf8(data: bytes) -> bool:
