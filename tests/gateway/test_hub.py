@@ -450,19 +450,18 @@ TestHubProperties.settings = settings(max_examples=400, stateful_step_count=50, 
 
 
 class FakeNet:
-    """`send_all(fds, data)` over fake sockets: short writes, EAGAIN and gone peers on demand."""
+    """`send_many([(fds, data), ...])` over fake sockets: short writes, EAGAIN and gone peers on
+    demand; `waves` counts the calls."""
 
     def __init__(self) -> None:
         self.by_fd = _BY_FD
-        self.calls = 0
         self.waves = 0
 
     def add(self, *viewers: FakeViewer) -> None:
         for v in viewers:
             assert self.by_fd[v.fd] is v.transport
 
-    def send_all(self, fds: object, data: bytes) -> list[tuple[int, int]]:
-        self.calls += 1
+    def _send(self, fds: object, data: bytes) -> list[tuple[int, int]]:
         failed = []
         for i, fd in enumerate(fds):  # type: ignore[call-overload]
             t = self.by_fd[fd]
@@ -483,15 +482,12 @@ class FakeNet:
         self.waves += 1
         fds = [fd for item_fds, _ in items for fd in item_fds]  # type: ignore[attr-defined]
         assert len(fds) == len(set(fds)), "a descriptor twice in one submission"
-        calls = self.calls
-        out = [(j, i, r) for j, (f, data) in enumerate(items) for i, r in self.send_all(f, data)]
-        self.calls = calls
-        return out
+        return [(j, i, r) for j, (f, data) in enumerate(items) for i, r in self._send(f, data)]
 
 
 def sending_hub(*names: str) -> tuple[Hub[FakeViewer], FakeNet, list[FakeViewer]]:
     net = FakeNet()
-    hub: Hub[FakeViewer] = Hub(sender=net.send_all, batch_sender=net.send_many)
+    hub: Hub[FakeViewer] = Hub(sender=net.send_many)
     viewers = [opened(hub, n) for n in names]
     net.add(*viewers)
     return hub, net, viewers
@@ -501,7 +497,7 @@ def test_a_bare_room_is_one_send_call_per_frame() -> None:
     hub, net, viewers = sending_hub("a", "b", "c")
     live_room(hub, "r", *viewers)
     result = hub.fanout([("r", blob("r", 1))])
-    assert net.calls == 1 and result.sent == 3
+    assert net.waves == 1 and result.sent == 3
     assert all(v.transport.frames() == [blob("r", 1)] for v in viewers)
     assert all(v.transport.writes == 0 for v in viewers)  # no transport.write at all
 
@@ -522,9 +518,9 @@ def test_eagain_and_short_writes_go_on_through_the_viewers_own_queue_in_order() 
     short.transport.drain()
     hub.drained()
     assert not full.queued and not short.queued and not hub.queued
-    calls = net.calls
+    calls = net.waves
     hub.fanout([("r", blob("r", 4))])
-    assert net.calls == calls + 1  # back on direct sends
+    assert net.waves == calls + 1  # back on direct sends
     for v in (full, short, ok):
         assert v.transport.frames() == [blob("r", i) for i in (1, 2, 3, 4)], v
 
@@ -556,7 +552,7 @@ def test_a_turn_of_several_bare_rooms_is_one_submission_and_a_room_twice_is_two(
     live_room(hub, "c", c1)
     c1.transport.full = True  # its frames go on through its own queue
     hub.fanout([("a", blob("a", 1)), ("b", blob("b", 2)), ("c", blob("c", 3))])
-    assert net.waves == 1 and net.calls == 0 and c1.queued
+    assert net.waves == 1 and c1.queued
     hub.fanout([("a", blob("a", 4)), ("a", blob("a", 5)), ("b", blob("b", 6))])
     assert net.waves == 3  # a room twice: the second frame in a submission of its own
     c1.transport.drain()
@@ -586,9 +582,7 @@ class SenderHubMachine(HubMachine):
     def setup(self) -> None:
         super().setup()
         self.net = FakeNet()
-        self.hub = Hub(
-            max_handshakes=1000, sender=self.net.send_all, batch_sender=self.net.send_many
-        )
+        self.hub = Hub(max_handshakes=1000, sender=self.net.send_many)
 
     @rule(data=st.data())
     def clog(self, data: st.DataObject) -> None:

@@ -367,23 +367,26 @@ def test_the_extension_is_built_where_it_can_be() -> None:
         assert REASON is None
 
 
-def test_send_many_shares_batches_across_frames_and_reports_item_and_index() -> None:
-    """Ring.send_many: several (fds, frame) in one call, batches crossing items (entries 4 for
-    7 sends), an empty item, and a closed descriptor reported as (item, index, -EBADF)."""
-    from roomcast.uring import Ring, available
+@pytest.mark.parametrize("how", ["ring", "c-loop"])
+def test_send_many_shares_batches_across_frames_and_reports_item_and_index(how: str) -> None:
+    """Ring.send_many (and write_many, its C-loop twin for --fanout send): several (fds, frame)
+    in one call, batches crossing items (entries 4 for 7 sends), an empty item, and a closed
+    descriptor reported as (item, index, -EBADF)."""
+    from roomcast.uring import Ring, available, write_many
 
     assert available() is None, available()
     ring = Ring(4)
+    send_many = ring.send_many if how == "ring" else write_many
     pairs = socketpairs(7)
     try:
         a = [x.fileno() for x, _ in pairs[:3]]
         b = [x.fileno() for x, _ in pairs[3:]]
-        assert ring.send_many([(a, b"xy"), ([], b"zz"), (b, b"abc")]) == []
+        assert send_many([(a, b"xy"), ([], b"zz"), (b, b"abc")]) == []
         assert [recv_exact(y, 2 if i < 3 else 3) for i, (_, y) in enumerate(pairs)] == [
             b"xy"
         ] * 3 + [b"abc"] * 4
         pairs[4][0].close()
-        assert ring.send_many([(a, b"1"), (b, b"2")]) == [(1, 1, -errno.EBADF)]
+        assert send_many([(a, b"1"), (b, b"2")]) == [(1, 1, -errno.EBADF)]
     finally:
         ring.close()
         for x, y in pairs:

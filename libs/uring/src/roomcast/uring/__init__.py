@@ -43,7 +43,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-__all__ = ["Ring", "available", "backend", "write_all", "write_all_python"]
+__all__ = ["Ring", "available", "backend", "write_all", "write_all_python", "write_many"]
 
 _ext: ModuleType | None
 _ext_error: str | None
@@ -88,6 +88,12 @@ if TYPE_CHECKING:
     from roomcast.uring._uring import write_all
 else:
     write_all = _ext.write_all if _ext is not None else write_all_python
+
+
+def write_many(items: Sequence[tuple[Sequence[int], bytes]]) -> list[tuple[int, int, int]]:
+    """``Ring.send_many``'s contract over ``write_all``: (item, index, result) for each send of
+    each (fds, data) item that did not complete."""
+    return [(j, i, r) for j, (fds, data) in enumerate(items) for i, r in write_all(fds, data)]
 
 
 def backend() -> str:

@@ -337,24 +337,30 @@ static int submit_and_wait(RingObject *self, unsigned want) {
     }
 }
 
-/* The batch loop, with or without the GIL (it touches no Python object). 0 or -errno. */
-static int ring_send_batches(RingObject *self, const int *fds, Py_ssize_t n, const void *buf,
-                             unsigned len, int *results) {
-    struct io_uring_sqe tmpl;
-    memset(&tmpl, 0, sizeof(tmpl));
-    tmpl.opcode = IORING_OP_SEND;
-    tmpl.addr = (uint64_t)(uintptr_t)buf;
-    tmpl.len = len;
-    tmpl.msg_flags = SEND_FLAGS;
+/* The batch loop of send_all and send_many: every (fd, frame) of every item, `entries` per
+   io_uring_enter; with or without the GIL (it touches no Python object). 0 or -errno. */
+static int ring_send_many_batches(RingObject *self, FdList *fls, Py_buffer *datas,
+                                  Py_ssize_t total, int *results) {
     unsigned mask = *self->sq_mask, cmask = *self->cq_mask;
-    for (Py_ssize_t start = 0; start < n;) {
-        unsigned batch = (unsigned)(n - start < (Py_ssize_t)self->entries ? n - start : self->entries);
+    Py_ssize_t j = 0, i = 0, flat = 0; /* item, index in it, index over all items */
+    while (flat < total) {
+        unsigned batch = 0;
         unsigned tail = *self->sq_tail;
-        for (unsigned k = 0; k < batch; k++) {
-            struct io_uring_sqe *sqe = &self->sqes[(tail + k) & mask];
-            *sqe = tmpl;
-            sqe->fd = fds[start + k];
-            sqe->user_data = k;
+        while (batch < self->entries && flat + (Py_ssize_t)batch < total) {
+            while (i >= fls[j].n) { /* skip items with no fds left */
+                j++;
+                i = 0;
+            }
+            struct io_uring_sqe *sqe = &self->sqes[(tail + batch) & mask];
+            memset(sqe, 0, sizeof(*sqe));
+            sqe->opcode = IORING_OP_SEND;
+            sqe->fd = fls[j].fds[i];
+            sqe->addr = (uint64_t)(uintptr_t)datas[j].buf;
+            sqe->len = (unsigned)datas[j].len;
+            sqe->msg_flags = SEND_FLAGS;
+            sqe->user_data = batch;
+            batch++;
+            i++;
         }
         __atomic_store_n(self->sq_tail, tail + batch, __ATOMIC_RELEASE);
         int rc = submit_and_wait(self, batch);
@@ -362,10 +368,10 @@ static int ring_send_batches(RingObject *self, const int *fds, Py_ssize_t n, con
         unsigned head = *self->cq_head;
         for (unsigned k = 0; k < batch; k++) {
             struct io_uring_cqe *cqe = &self->cqes[(head + k) & cmask];
-            if (cqe->user_data < batch) results[start + (Py_ssize_t)cqe->user_data] = cqe->res;
+            if (cqe->user_data < batch) results[flat + (Py_ssize_t)cqe->user_data] = cqe->res;
         }
         __atomic_store_n(self->cq_head, head + batch, __ATOMIC_RELEASE);
-        start += batch;
+        flat += batch;
     }
     return 0;
 }
@@ -404,10 +410,10 @@ static PyObject *ring_send_all(RingObject *self, PyObject *args, PyObject *kw) {
     self->busy = 1;
     if (release) {
         Py_BEGIN_ALLOW_THREADS
-        rc = ring_send_batches(self, fl.fds, fl.n, data.buf, (unsigned)data.len, results);
+        rc = ring_send_many_batches(self, &fl, &data, fl.n, results);
         Py_END_ALLOW_THREADS
     } else {
-        rc = ring_send_batches(self, fl.fds, fl.n, data.buf, (unsigned)data.len, results);
+        rc = ring_send_many_batches(self, &fl, &data, fl.n, results);
     }
     self->busy = 0;
     if (rc < 0) {
@@ -432,44 +438,6 @@ done:
     PyBuffer_Release(&data);
     fdlist_release(&fl);
     return out;
-}
-
-/* send_many's batch loop: every (fd, frame) of every item, `entries` per io_uring_enter. */
-static int ring_send_many_batches(RingObject *self, FdList *fls, Py_buffer *datas,
-                                  Py_ssize_t total, int *results) {
-    unsigned mask = *self->sq_mask, cmask = *self->cq_mask;
-    Py_ssize_t j = 0, i = 0, flat = 0; /* item, index in it, index over all items */
-    while (flat < total) {
-        unsigned batch = 0;
-        unsigned tail = *self->sq_tail;
-        while (batch < self->entries && flat + (Py_ssize_t)batch < total) {
-            while (i >= fls[j].n) { /* skip items with no fds left */
-                j++;
-                i = 0;
-            }
-            struct io_uring_sqe *sqe = &self->sqes[(tail + batch) & mask];
-            memset(sqe, 0, sizeof(*sqe));
-            sqe->opcode = IORING_OP_SEND;
-            sqe->fd = fls[j].fds[i];
-            sqe->addr = (uint64_t)(uintptr_t)datas[j].buf;
-            sqe->len = (unsigned)datas[j].len;
-            sqe->msg_flags = SEND_FLAGS;
-            sqe->user_data = batch;
-            batch++;
-            i++;
-        }
-        __atomic_store_n(self->sq_tail, tail + batch, __ATOMIC_RELEASE);
-        int rc = submit_and_wait(self, batch);
-        if (rc < 0) return rc;
-        unsigned head = *self->cq_head;
-        for (unsigned k = 0; k < batch; k++) {
-            struct io_uring_cqe *cqe = &self->cqes[(head + k) & cmask];
-            if (cqe->user_data < batch) results[flat + (Py_ssize_t)cqe->user_data] = cqe->res;
-        }
-        __atomic_store_n(self->cq_head, head + batch, __ATOMIC_RELEASE);
-        flat += batch;
-    }
-    return 0;
 }
 
 PyDoc_STRVAR(send_many_doc,

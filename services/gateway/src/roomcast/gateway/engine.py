@@ -23,34 +23,33 @@ from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
 from roomcast.gateway.deflate import SharedDeflateFactory
 from roomcast.gateway.feed import NatsFeed, RoomFeed
-from roomcast.gateway.hub import OPEN, BatchSender, Hub, Interest, Sender
+from roomcast.gateway.hub import OPEN, Hub, Interest, Sender
 
 log = logging.getLogger("roomcast.gateway")
 
 
-def choose_sender(mode: str, tls: bool = False) -> tuple[str, Sender | None, BatchSender | None]:
+def choose_sender(mode: str, tls: bool = False) -> tuple[str, Sender | None]:
     """The fan-out path for `--fanout` (auto: io_uring if it works here, else a C send() loop,
     else each viewer's transport.write), and what to call for it. With TLS every byte must go
     through the connection's own encryption: transport.write only."""
     if tls:
         if mode in ("uring", "send"):
             raise SystemExit(f"--fanout {mode} cannot serve TLS (--tls-cert): use auto or write")
-        return "write (TLS: each connection encrypts its own bytes)", None, None
+        return "write (TLS: each connection encrypts its own bytes)", None
     if mode == "write":
-        return "write (transport.write per viewer)", None, None
+        return "write (transport.write per viewer)", None
     from roomcast import uring
 
     why = uring.available()
     if mode in ("uring", "auto") and why is None:
-        ring = uring.Ring(256)
-        return "uring (io_uring, 256 sends per submit)", ring.send_all, ring.send_many
+        return "uring (io_uring, 256 sends per submit)", uring.Ring(256).send_many
     if mode == "uring":
         raise SystemExit(f"--fanout uring: io_uring cannot be used here: {why}")
     if uring.backend() == "c":
-        return f"send (a C send() loop; io_uring: {why})", uring.write_all, None
+        return f"send (a C send() loop; io_uring: {why})", uring.write_many
     if mode == "send":
         raise SystemExit("--fanout send: the roomcast.uring C extension is not built")
-    return f"write (transport.write per viewer; io_uring: {why})", None, None
+    return f"write (transport.write per viewer; io_uring: {why})", None
 
 
 class Gateway:
@@ -60,8 +59,8 @@ class Gateway:
         self.cfg = cfg
         self.worker_id = worker_id
         deflater = Deflater(cfg.compress_level, cfg.compress_min_bytes) if cfg.compress else None
-        self.fanout_path, sender, batch_sender = choose_sender(cfg.fanout, tls=bool(cfg.tls_cert))
-        self.hub: Hub[Viewer] = Hub(cfg.max_handshakes, deflater, sender, batch_sender)
+        self.fanout_path, sender = choose_sender(cfg.fanout, tls=bool(cfg.tls_cert))
+        self.hub: Hub[Viewer] = Hub(cfg.max_handshakes, deflater, sender)
         self.extensions = [SharedDeflateFactory()] if cfg.compress else None
         self.feed: RoomFeed = feed or NatsFeed(
             cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}", cfg

@@ -51,12 +51,11 @@ class Transport(Protocol):
     def get_write_buffer_size(self) -> int: ...
 
 
-Sender = Callable[["array[int]", bytes], list[tuple[int, int]]]
-BatchSender = Callable[[list[tuple["array[int]", bytes]]], list[tuple[int, int, int]]]
-"""Several (descriptors, frame) at once, sharing submissions (`Ring.send_many`): returns (item,
-index, bytes sent or -errno) for each send it did not complete. A descriptor at most once."""
-"""Writes one frame to many descriptors (`roomcast.uring`: io_uring batches, or a C send()
-loop): returns (index, bytes sent or -errno) for each descriptor it did not fully write."""
+Sender = Callable[[list[tuple["array[int]", bytes]]], list[tuple[int, int, int]]]
+"""Writes frames to descriptors, several (descriptors, frame) pairs in one call (`roomcast.uring`:
+`Ring.send_many`, whose io_uring submissions all pairs share, or `write_many`, a C send() loop):
+returns (pair, index, bytes sent or -errno) for each send it did not complete. A descriptor may
+appear at most once in a call."""
 
 
 class Peer(Protocol):
@@ -139,17 +138,15 @@ class Hub(Generic[P]):
         max_handshakes: int = 1024,
         deflater: Deflater | None = None,
         sender: Sender | None = None,
-        batch_sender: BatchSender | None = None,
     ) -> None:
         self.max_handshakes = max_handshakes
         self.deflater = deflater  # None: never compress
         # None: every frame goes through its viewer's transport.write. Else bare rooms' frames go
         # to their viewers' descriptors in one call; what a descriptor did not take is handed to
         # that viewer's transport, which then holds bytes (`queued`) until it has drained.
+        # The bare rooms of one loop turn share one call (rooms of tens of viewers then still
+        # send in batches of hundreds).
         self.sender = sender
-        # With it, the bare rooms of one loop turn share submissions (rooms of tens of viewers
-        # then still send in batches of hundreds).
-        self.batch_sender = batch_sender if sender is not None else None
         self.queued: set[P] = set()
         self.viewers: set[P] = set()  # OPEN viewers
         self.rooms: dict[str, Room[P]] = {}
@@ -414,8 +411,10 @@ class Hub(Generic[P]):
     def _write_bare(
         self, room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]
     ) -> None:
-        if self.sender is not None:
-            self._send_bare(room, frame, data, result)
+        if self.sender is not None:  # no viewer here has bytes queued: direct sends keep order
+            wave: _Wave[P] = _Wave()
+            self._add_to_wave(wave, room, frame, data, result)
+            self._send_wave(wave, result)
             return
         plain, deflated = room.plain, room.deflated
         assert plain is not None
@@ -430,30 +429,6 @@ class Hub(Generic[P]):
             if zframe is not frame:
                 result.deflated += len(deflated)
         result.sent += len(plain) + len(deflated) - (len(result.broken) - broken)
-
-    def _send_bare(self, room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]) -> None:
-        """The bare loop in one call per frame (io_uring batches or a C loop): no viewer here
-        has bytes queued, so a direct send keeps each viewer's order."""
-        send = self.sender
-        assert send is not None
-        broken = len(result.broken)
-        n = 0
-        if room.plain_fds:
-            failed = send(room.plain_fds, frame)
-            if failed:
-                self._after_send(room.plain_viewers, failed, frame, result)
-            n += len(room.plain_fds)
-            result.nbytes += len(room.plain_fds) * len(frame)
-        if room.deflated_fds:
-            zframe = self._deflate(data) or frame
-            failed = send(room.deflated_fds, zframe)
-            if failed:
-                self._after_send(room.deflated_viewers, failed, zframe, result)
-            n += len(room.deflated_fds)
-            result.nbytes += len(room.deflated_fds) * len(zframe)
-            if zframe is not frame:
-                result.deflated += len(room.deflated_fds)
-        result.sent += n - (len(result.broken) - broken)
 
     def _add_to_wave(
         self, wave: _Wave[P], room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]
@@ -474,33 +449,17 @@ class Hub(Generic[P]):
                 result.deflated += len(room.deflated_fds)
 
     def _send_wave(self, wave: _Wave[P], result: FanoutResult[P]) -> None:
-        """One submission for the wave's rooms; then each socket's leftovers, as after send_all."""
-        send = self.batch_sender
+        """One call for the wave's frames. What a socket did not take goes on through that
+        viewer's own transport queue, in order (a short write: the remainder; EAGAIN: all of it);
+        any other error means the connection is gone."""
+        send = self.sender
         assert send is not None
         if not wave.items:
             return
         broken = len(result.broken)
-        failed = send(wave.items)
-        if failed:
-            by_item: dict[int, list[tuple[int, int]]] = {}
-            for item, index, sent in failed:
-                by_item.setdefault(item, []).append((index, sent))
-            for item, fails in by_item.items():
-                self._after_send(wave.viewers[item], fails, wave.items[item][1], result)
-        result.sent -= len(result.broken) - broken
-
-    def _after_send(
-        self,
-        viewers: list[P],
-        failed: list[tuple[int, int]],
-        frame: bytes,
-        result: FanoutResult[P],
-    ) -> None:
-        """Descriptors that did not take the whole frame: the rest goes to the viewer's own
-        transport queue, in order (a short write: the remainder; EAGAIN: all of it); any other
-        error means the connection is gone."""
-        for i, sent in failed:
-            v = viewers[i]
+        for item, index, sent in send(wave.items):
+            v = wave.viewers[item][index]
+            frame = wave.items[item][1]
             if sent >= 0:
                 rest = frame[sent:]
             elif sent == -errno.EAGAIN:
@@ -514,6 +473,7 @@ class Hub(Generic[P]):
                 result.broken.append(v)
                 continue
             self.mark_queued(v)
+        result.sent -= len(result.broken) - broken
 
     def mark_queued(self, v: P) -> None:
         """The viewer's transport holds unsent bytes: out of the direct-send lists until drained."""
@@ -558,8 +518,17 @@ class Hub(Generic[P]):
         raise LookupError(f"a writer of room {room.name!r} has no viewer")  # pragma: no cover
 
     def _write_viewers(
-        self, viewers: Iterable[P], frame: bytes, data: bytes, result: FanoutResult[P]
+        self,
+        viewers: Iterable[P],
+        frame: bytes,
+        data: bytes,
+        result: FanoutResult[P],
+        combined: dict[P, list[bytes]] | None = None,
+        combine_all: bool = False,
     ) -> None:
+        """Each viewer's frame (plain or compressed) through its transport; with `combined`, the
+        frames of viewers that get several this turn (several rooms, or `combine_all`: push-to-all
+        is in the turn) are gathered there, to go out in one write each."""
         zframe = None
         for v in viewers:
             if v.slow_since:
@@ -570,7 +539,13 @@ class Hub(Generic[P]):
                 if zframe is None:
                     zframe = self._deflate(data) or frame
                 out = zframe
-            if self._write(v, out, result):
+            if combined is not None and (combine_all or len(v.rooms) > 1):
+                frames = combined.get(v)
+                if frames is None:
+                    combined[v] = [out]
+                else:
+                    frames.append(out)
+            elif self._write(v, out, result):
                 result.sent += 1
                 result.nbytes += len(out)
                 result.deflated += out is not frame
@@ -589,7 +564,7 @@ class Hub(Generic[P]):
     def _fanout_many(self, batch: list[tuple[str, bytes]], result: FanoutResult[P]) -> None:
         has_all = any(name == ALL_ROOM for name, _ in batch)
         combined: dict[P, list[bytes]] = {}
-        wave: _Wave[P] | None = _Wave() if self.batch_sender is not None else None
+        wave: _Wave[P] | None = _Wave() if self.sender is not None else None
         for name, data in batch:
             room = None
             if name == ALL_ROOM:
@@ -603,7 +578,6 @@ class Hub(Generic[P]):
                 result.rejected += 1
                 continue
             frame = text_frame(data)
-            zframe = None
             if room is not None and not has_all:
                 if room.plain is None:
                     self._writers(room)
@@ -619,26 +593,7 @@ class Hub(Generic[P]):
                 elif room.bare:  # nobody here gets another frame this turn: write it now
                     self._write_bare(room, frame, data, result)
                     continue
-            for v in targets:
-                if v.slow_since:
-                    result.dropped += 1
-                    continue
-                out = frame
-                if v.deflate:
-                    if zframe is None:
-                        zframe = self._deflate(data) or frame
-                    out = zframe
-                if has_all or len(v.rooms) > 1:
-                    frames = combined.get(v)
-                    if frames is None:
-                        combined[v] = [out]
-                    else:
-                        frames.append(out)
-                    continue
-                if self._write(v, out, result):
-                    result.sent += 1
-                    result.nbytes += len(out)
-                    result.deflated += out is not frame
+            self._write_viewers(targets, frame, data, result, combined, has_all)
         if wave is not None and wave.items:
             self._send_wave(wave, result)
         for v, frames in combined.items():
