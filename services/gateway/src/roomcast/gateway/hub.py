@@ -649,7 +649,9 @@ class _Wave(Generic[P]):
 
 def _is_utf8(data: bytes) -> bool:
     """Blobs go out as text frames: every client fails the connection on bad UTF-8 (RFC 6455
-    8.1). Checked once per blob, never per viewer."""
+    8.1). Checked once per blob, never per viewer; an ASCII blob (most) needs no decode."""
+    if data.isascii():
+        return True
     try:
         data.decode()
     except UnicodeDecodeError:
