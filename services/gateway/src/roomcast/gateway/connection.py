@@ -179,7 +179,7 @@ class Viewer(asyncio.Protocol):
         path = url.path
         gw = self.gw
         if path != "/ws":
-            status, body, ctype = gw.http_endpoint(path)
+            status, body, ctype = gw.http_endpoint(path, url.query)
             self._respond(status, body, ctype)
             return
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from roomcast.core.frames import Deflater
@@ -50,6 +51,10 @@ def choose_sender(mode: str, tls: bool = False) -> tuple[str, Sender | None]:
     if mode == "send":
         raise SystemExit("--fanout send: the roomcast.uring C extension is not built")
     return f"write (transport.write per viewer; io_uring: {why})", None
+
+
+Route = Callable[[str, str], tuple[int, bytes, str]]
+"""A plain HTTP endpoint: (path, query string) -> (status, body, content type)."""
 
 
 class Gateway:
@@ -90,6 +95,10 @@ class Gateway:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._last_reject_log = 0.0
         self._last_noauth_log = -1e9
+        # More plain-HTTP endpoints on the viewer port: (path, query string) -> (status, body,
+        # content type). Exact paths, then prefixes in order.
+        self.routes: dict[str, Route] = {}
+        self.prefix_routes: list[tuple[str, Route]] = []
 
     async def connect(self) -> None:
         await self.feed.start(self.on_blob)
@@ -359,7 +368,9 @@ class Gateway:
 
     # ---- HTTP endpoints on the same port ------------------------------------------------------
 
-    def http_endpoint(self, path: str) -> tuple[int, bytes, str]:
+    def http_endpoint(self, path: str, query: str = "") -> tuple[int, bytes, str]:
+        """A plain HTTP answer on the viewer port (anything but `/ws`): the fixed endpoints, then
+        `routes` (exact paths), then `prefix_routes` (the first prefix that matches)."""
         if path == "/healthz":
             return 200, b"ok\n", "text/plain"
         if path == "/readyz":
@@ -371,4 +382,10 @@ class Gateway:
             return 503, f"not ready: {why}\n".encode(), "text/plain"
         if path == "/metrics":  # never on the public port
             return 404, b"not here: metrics are on --metrics-port\n", "text/plain"
+        route = self.routes.get(path)
+        if route is not None:
+            return route(path, query)
+        for prefix, handler in self.prefix_routes:
+            if path.startswith(prefix):
+                return handler(path, query)
         return 404, b"not found: viewers connect to /ws?room=ROOM\n", "text/plain"
