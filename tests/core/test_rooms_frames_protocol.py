@@ -137,3 +137,56 @@ def test_check_event_size_limit() -> None:
     with pytest.raises(EventError) as info:
         check_event(b'"big"', max_bytes=4)
     assert info.value.reason == "too_big"
+
+
+# ---- positions and resume (docs/protocol.md "Resume") ----------------------------------------
+
+
+def test_join_with_since_parses_and_bad_since_is_a_protocol_error() -> None:
+    from roomcast.core.protocol import Position
+
+    msg = parse_client_message(b'{"type":"join","room":"a","since":"1764117000123456:42"}')
+    assert isinstance(msg, Join) and msg.position == Position(1764117000123456, 42)
+    assert str(msg.position) == "1764117000123456:42"
+    for bad in ("42", "1:x", ":1", "1:", "-1:2", "1:2:3", "\u0661:2", "1" * 20 + ":1"):
+        with pytest.raises(ProtocolError) as err:
+            parse_client_message(b'{"type":"join","room":"a","since":"%s"}' % bad.encode())
+        assert err.value.code == "bad_message"
+
+
+def test_since_url_parameter_splits_from_the_right() -> None:
+    from roomcast.core.protocol import Position, parse_since_param
+
+    assert parse_since_param("lobby:12:34") == ("lobby", Position(12, 34))
+    assert parse_since_param("a:b:12:34") == ("a:b", Position(12, 34))  # rooms may hold ':'
+    for bad, code in (("lobby", "bad_message"), ("12:34", "bad_message"), ("a.b:1:2", "bad_room")):
+        with pytest.raises(ProtocolError) as err:
+            parse_since_param(bad)
+        assert err.value.code == code
+
+
+def test_joined_says_recovered_only_for_a_resume() -> None:
+    from roomcast.core.protocol import Count, Reset, decode_server_message
+
+    assert (
+        encode_server_message(Joined("a", True)) == b'{"type":"joined","room":"a","recovered":true}'
+    )
+    gone = Joined("a", False, None)
+    assert encode_server_message(gone) == (
+        b'{"type":"joined","room":"a","recovered":false,"oldest":null}'
+    )
+    for msg in (gone, Joined("a", False, "1:2"), Reset("a", "1:2"), Count("a", 7)):
+        assert decode_server_message(encode_server_message(msg)) == msg
+
+
+def test_sequenced_blob_puts_the_position_first_and_decodes() -> None:
+    from roomcast.core.blob import decode_blob, encode_blob, sequenced
+
+    data = encode_blob("lobby", 3, [10, 11], [b'{"t":"hi"}', b"1"])
+    out = sequenced(data, 1764117000123456, 1234, 1201)
+    assert out.startswith(b'{"type":"blob","epoch":1764117000123456,"seq":1234,"prev":1201,"room"')
+    blob = decode_blob(out)
+    assert (blob.seq, blob.prev, blob.position) == (1234, 1201, "1764117000123456:1234")
+    assert blob.offsets == [10, 11] and blob.decoded_events() == [{"t": "hi"}, 1]
+    assert decode_blob(data).position == ""  # not from the history: no position
+    assert sequenced(b'{"other":1}', 1, 2, 3) == b'{"other":1}'

@@ -75,6 +75,18 @@ def encode_blob(room: str, partition: int, offsets: list[int], events: list[byte
     )
 
 
+_BLOB_HEAD = b'{"type":"blob",'
+
+
+def sequenced(data: bytes, epoch: int, seq: int, prev: int) -> bytes:
+    """The blob as viewers get it: its history position in front (`epoch`, `seq`, `prev`; see
+    docs/protocol.md). Gateways do this once per blob. A blob that does not start the way
+    `encode_blob` starts one (not roomcast's) is returned as it is."""
+    if not data.startswith(_BLOB_HEAD):
+        return data
+    return b'%s"epoch":%d,"seq":%d,"prev":%d,%s' % (_BLOB_HEAD, epoch, seq, prev, data[15:])
+
+
 def blob_msg_id(room: str, partition: int, offsets: list[int]) -> str:
     """The JetStream Msg-Id of a blob: the same blob published twice is stored once."""
     return f"{room}/{partition}/{offsets[0]}-{offsets[-1]}/{len(offsets)}"
@@ -88,6 +100,15 @@ class Blob(msgspec.Struct, frozen=True):
     offsets: list[int]
     events: list[msgspec.Raw]
     type: str = "blob"
+    # The history position (docs/protocol.md); 0 in a blob that did not come from the history.
+    epoch: int = 0
+    seq: int = 0
+    prev: int = 0
+
+    @property
+    def position(self) -> str:
+        """EPOCH:SEQ, what a viewer hands back as `since` ("" if the blob has none)."""
+        return f"{self.epoch}:{self.seq}" if self.seq else ""
 
     def decoded_events(self) -> list[object]:
         return [msgspec.json.decode(e) for e in self.events]

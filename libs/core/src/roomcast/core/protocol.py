@@ -2,6 +2,7 @@
 
 Client -> server (JSON text messages):
     {"type": "join", "room": "lobby"}
+    {"type": "join", "room": "lobby", "since": "EPOCH:SEQ"}  (resume after that position)
     {"type": "leave", "room": "lobby"}
     {"type": "ping"}                      (an app-level ping; WebSocket pings work too)
     {"type": "auth", "token": "<JWT>"}    (first message, when the token is not in the URL)
@@ -9,6 +10,10 @@ Client -> server (JSON text messages):
 
 Server -> client: blobs exactly as ingest built them (`{"type":"blob",...}`, see `blob`), and
     {"type": "joined", "room": "lobby"}
+    {"type": "joined", "room": "lobby", "recovered": true}   (a join with `since`)
+    {"type": "joined", "room": "lobby", "recovered": false, "oldest": "EPOCH:SEQ" | null}
+    {"type": "reset", "room": "lobby", "oldest": "EPOCH:SEQ" | null}
+    {"type": "count", "room": "lobby", "viewers": 1234}
     {"type": "left", "room": "lobby"}
     {"type": "pong"}
     {"type": "authorized", "exp": 1767225600}
@@ -18,7 +23,7 @@ Server -> client: blobs exactly as ingest built them (`{"type":"blob",...}`, see
 from __future__ import annotations
 
 import enum
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import msgspec
 
@@ -59,8 +64,48 @@ _RESUMABLE = frozenset(
 )
 
 
+class Position(NamedTuple):
+    """A room position: the `seq` of the last blob a viewer has, in history `epoch`."""
+
+    epoch: int
+    seq: int
+
+    def __str__(self) -> str:
+        return f"{self.epoch}:{self.seq}"
+
+
+def parse_position(text: str) -> Position:
+    """`EPOCH:SEQ` (two non-negative integers) -> Position; ProtocolError if it is not one."""
+    epoch, sep, seq = text.partition(":")
+    if not sep or not (epoch.isdigit() and seq.isdigit() and epoch.isascii() and seq.isascii()):
+        raise ProtocolError("bad_message", f"since must be EPOCH:SEQ, got {text[:40]!r}")
+    if len(epoch) > 19 or len(seq) > 19:
+        raise ProtocolError("bad_message", "since: number too large")
+    return Position(int(epoch), int(seq))
+
+
+def parse_since_param(value: str) -> tuple[str, Position]:
+    """A URL `since` parameter, `ROOM:EPOCH:SEQ` -> (room, position); ProtocolError if bad.
+
+    Room names may hold `:` but the last two fields are numbers, so it splits from the right."""
+    room, sep, _ = value.rpartition(":")
+    room, sep2, _ = room.rpartition(":")
+    if not sep or not sep2 or not room:
+        raise ProtocolError("bad_message", f"since must be ROOM:EPOCH:SEQ, got {value[:80]!r}")
+    try:
+        check_room(room)
+    except RoomNameError as exc:
+        raise ProtocolError("bad_room", str(exc)) from None
+    return room, parse_position(value[len(room) + 1 :])
+
+
 class Join(msgspec.Struct, tag="join", tag_field="type", frozen=True):
     room: str
+    since: str | None = None  # EPOCH:SEQ: resume after that position
+
+    @property
+    def position(self) -> Position | None:
+        return None if self.since is None else parse_position(self.since)
 
 
 class Leave(msgspec.Struct, tag="leave", tag_field="type", frozen=True):
@@ -94,6 +139,8 @@ def parse_client_message(data: bytes | str) -> ClientMessage:
             check_room(msg.room)
         except RoomNameError as exc:
             raise ProtocolError("bad_room", str(exc)) from None
+        if isinstance(msg, Join) and msg.since is not None:
+            parse_position(msg.since)
     return msg
 
 
@@ -101,8 +148,23 @@ class _Ack(msgspec.Struct, tag_field="type", frozen=True):
     room: str
 
 
-class Joined(_Ack, tag="joined", frozen=True):
-    pass
+class Joined(_Ack, tag="joined", frozen=True, omit_defaults=True):
+    """`recovered` is only there for a join with `since`; `oldest` only when it is false."""
+
+    recovered: bool | None = None
+    oldest: str | msgspec.UnsetType | None = msgspec.UNSET  # EPOCH:SEQ or null
+
+
+class Reset(_Ack, tag="reset", frozen=True):
+    """Some blobs of the room could not be delivered: reload the room's state."""
+
+    oldest: str | None = None
+
+
+class Count(_Ack, tag="count", frozen=True):
+    """The room's viewers, cluster-wide."""
+
+    viewers: int
 
 
 class Left(_Ack, tag="left", frozen=True):
@@ -122,15 +184,21 @@ class Error(msgspec.Struct, tag="error", tag_field="type", frozen=True):
     message: str
 
 
-ServerMessage = Joined | Left | Pong | Authorized | Error
+ServerMessage = Joined | Left | Reset | Count | Pong | Authorized | Error
 _encoder = msgspec.json.Encoder()
+_server_decoder: msgspec.json.Decoder[ServerMessage] = msgspec.json.Decoder(ServerMessage)
+
+
+def decode_server_message(data: bytes | str) -> ServerMessage:
+    """Decode any server message but a blob (clients; see `blob.decode_blob` for blobs)."""
+    return _server_decoder.decode(data)
 
 
 def encode_server_message(msg: ServerMessage) -> bytes:
     return _encoder.encode(msg)
 
 
-ServerKind = Literal["blob", "joined", "left", "pong", "authorized", "error"]
+ServerKind = Literal["blob", "joined", "left", "reset", "count", "pong", "authorized", "error"]
 
 
 class _Kind(msgspec.Struct):
