@@ -69,6 +69,9 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
       help="Descriptors kept free so probes answer at --max-viewers (lowered to fit).")  # fmt: skip
 @_opt("--drain-seconds", default=_D.drain_seconds, type=click.FloatRange(min=0),
       help="On SIGTERM, close viewers with 1012 paced over this period, then exit.")  # fmt: skip
+@_opt("--count-interval-s", default=_D.count_interval_s, type=click.FloatRange(min=0.25),
+      help="Viewer counts: each worker publishes its rooms' counts and viewers get `count` "
+      "messages at most this often; a worker silent for 3 intervals is forgotten.")  # fmt: skip
 @_opt("--auth", default=_D.auth, type=click.Choice(["jwt", "off"]),
       help="jwt: viewers need a signed grant (docs/security.md); off: anyone joins.")  # fmt: skip
 @_opt("--auth-secret", default=_D.auth_secret, show_default=False,
