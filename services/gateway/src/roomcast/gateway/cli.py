@@ -113,10 +113,11 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
     while the room has a local viewer. Every blob is framed once and the same bytes are written
     to every viewer of the room. Viewers send {"type":"join"|"leave","room":R} or
     {"type":"ping"}. The viewer port also answers GET /healthz and /readyz (this worker: 503
-    while draining or NATS is down). On --metrics-port: /metrics (Prometheus, every worker's
-    series with a `worker` label), /healthz and /readyz for the whole group. SIGTERM drains: no
-    new viewers, /readyz 503, viewers closed with 1012 over --drain-seconds, exit 0. See
-    docs/protocol.md for close codes and docs/operations.md for metrics.
+    while draining or NATS is down) and GET /rooms/R (R's viewers across the cluster). On
+    --metrics-port: /metrics (Prometheus, every worker's series with a `worker` label), /healthz
+    and /readyz for the whole group. SIGTERM drains: no new viewers, /readyz 503, viewers closed
+    with 1012 over --drain-seconds, exit 0. See docs/protocol.md for close codes and
+    docs/operations.md for metrics.
 
     \b
     Each worker raises its soft open-files limit to the hard one and fits --max-viewers,
