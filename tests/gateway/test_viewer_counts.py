@@ -11,9 +11,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 
-from websockets.sync.client import ClientConnection
+from websockets.sync.client import ClientConnection, connect
 
 from tests.gateway.conftest import Gateway
+from tests.gateway.test_auth import JWT_ARGS, token
 from tests.gateway.test_engine import metric, wait_until
 from tests.support import unique
 
@@ -78,8 +79,20 @@ def worker_pid(gw: Gateway, worker: int) -> int:
 
 
 def start_two(gateway: Callable[..., Gateway]) -> list[Gateway]:
+    """Two gateways of two workers each, every worker ready (the group's /readyz)."""
     opts = ("--workers", "2", "--count-interval-s", str(INTERVAL), "--log-format", "json")
-    return [gateway(*opts, name="gateway-a"), gateway(*opts, name="gateway-b")]
+    gateways = [gateway(*opts, name="gateway-a"), gateway(*opts, name="gateway-b")]
+    for gw in gateways:
+        assert wait_until(lambda gw=gw: group_ready(gw), timeout=15), gw.service.log_tail()
+    return gateways
+
+
+def group_ready(gw: Gateway) -> bool:
+    try:
+        with urllib.request.urlopen(f"{gw.metrics_url}/readyz", timeout=2) as resp:
+            return bool(resp.status == 200)
+    except OSError:
+        return False
 
 
 def test_counts_add_up_across_gateways_and_follow_joins_and_leaves_within_2_s(
@@ -117,7 +130,10 @@ def test_counts_add_up_across_gateways_and_follow_joins_and_leaves_within_2_s(
     assert last_count(late, room, 4, timeout=2) == 4
     assert wait_until(lambda: answers([a, b], room, 4), timeout=2)
 
-    assert metric(a, "roomcast_gateway_count_workers") == 2 * 4  # each worker hears all four
+    top = f'roomcast_gateway_top_room_viewers{{room="{room}"}}'  # from worker 0 of each gateway
+    assert wait_until(lambda: metric(a, top) == metric(b, top) == 4, timeout=3)
+    # Each worker hears all four (and maybe workers of earlier tests killed < 3 intervals ago).
+    assert metric(a, "roomcast_gateway_count_workers") >= 2 * 4
     assert metric(a, "roomcast_gateway_count_messages_total") > 0
 
 
@@ -158,3 +174,26 @@ def test_bad_room_names_are_refused(gateway: Callable[..., Gateway]) -> None:
     assert last_count(ws, "a:b", 1, timeout=5) == 1
     with urllib.request.urlopen(f"{gw.http}/rooms/a%3Ab", timeout=5) as resp:  # encoded
         assert json.loads(resp.read()) == {"room": "a:b", "viewers": 1}
+
+
+def test_with_jwt_auth_a_count_needs_a_token_that_grants_the_room(
+    gateway: Callable[..., Gateway],
+) -> None:
+    gw = gateway(*JWT_ARGS)
+    watcher = gw.stack.enter_context(
+        connect(f"{gw.ws_url}?room=user:alice&token={token(sub='alice')}", compression=None)
+    )
+    assert json.loads(watcher.recv(timeout=10)) == {"type": "joined", "room": "user:alice"}
+
+    def status(query: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"{gw.http}/rooms/user:alice{query}", timeout=5) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    # Whether someone watches a personal room says whether they are online: not for anyone.
+    assert status("")[0] == 401
+    assert status("?token=garbage")[0] == 401
+    assert status(f"?token={token('*', sub='bob')}")[0] == 403
+    assert status(f"?token={token(sub='alice')}") == (200, b'{"room":"user:alice","viewers":1}')

@@ -12,7 +12,8 @@ for one message is split: the first part is `full`, every part but the last carr
 Snapshots go out as the first message, every `full_every`th message, when a new worker is heard
 from (it learns everything within one interval) and when a worker asks for one (`want`: it saw a
 gap in our sequence). With nothing to say, a worker still publishes an empty heartbeat every
-interval; one silent for three of its intervals is gone (it died) and its share is forgotten.
+interval; one silent for three of its intervals is gone (it died) and its share is forgotten, as is
+the share of one that says `bye` (it stops).
 
 A missed message (a sequence gap) loses only rooms that changed in it: every count received is
 absolute, so the others stay right. The share is marked incomplete, the receiver puts the sender in
@@ -47,6 +48,7 @@ class CountMessage(msgspec.Struct, frozen=True, omit_defaults=True):
     full: bool = False  # a snapshot starts: every room of the sender (rooms absent have 0)
     more: bool = False  # the snapshot goes on in the next message (too many rooms for one)
     want: list[str] = []  # workers whose snapshot the sender asks for (it saw a gap)
+    bye: bool = False  # the sender stops: forget it now (its viewers are gone)
 
 
 _encoder = msgspec.json.Encoder()
@@ -188,9 +190,9 @@ class Counts:
         return out
 
     def farewell(self) -> CountMessage:
-        """The last message of a worker that stops: a snapshot of nothing."""
+        """The last message of a worker that stops."""
         self.seq += 1
-        return CountMessage(self.worker, self.seq, self.interval, {}, True)
+        return CountMessage(self.worker, self.seq, self.interval, bye=True)
 
     # ---- the others ---------------------------------------------------------------------------
 
@@ -198,6 +200,9 @@ class Counts:
         """A message heard on the subject (our own are ignored). True: a gap, messages of that
         worker were missed (its snapshot is asked for)."""
         if msg.worker == self.worker:
+            return False
+        if msg.bye:
+            self._forget(msg.worker)
             return False
         if self.worker in msg.want:
             self._full_due = True
@@ -232,10 +237,14 @@ class Counts:
         """Forget the workers silent for EXPIRE_INTERVALS of their intervals; their ids."""
         gone = [w for w, s in self.shares.items() if now - s.heard > EXPIRE_INTERVALS * s.interval]
         for w in gone:
-            share = self.shares.pop(w)
+            self._forget(w)
+        return gone
+
+    def _forget(self, worker: str) -> None:
+        share = self.shares.pop(worker, None)
+        if share is not None:
             for room, n in share.rooms.items():
                 self._add(room, -n)
-        return gone
 
     # ---- viewers ------------------------------------------------------------------------------
 

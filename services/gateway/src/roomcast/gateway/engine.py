@@ -27,7 +27,7 @@ from roomcast.core.protocol import CloseCode, Count, encode_server_message
 from roomcast.core.rooms import check_room
 from roomcast.gateway import counts as countmsg
 from roomcast.gateway import metrics
-from roomcast.gateway.auth import ClientAddress, Verifier, parse_origins
+from roomcast.gateway.auth import AuthError, ClientAddress, Verifier, allowed, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
 from roomcast.gateway.counts import Counts
@@ -514,12 +514,24 @@ class Gateway:
             log.warning("viewer counts: last message not sent: %s", exc)
 
     def _room_route(self, path: str, query: str) -> tuple[int, bytes, str]:
-        """GET /rooms/{room}: the room's viewers across the cluster."""
+        """GET /rooms/{room}: the room's viewers across the cluster. With --auth jwt, only for a
+        token (`?token=JWT`) that grants the room: a personal room's count says who is online."""
         room = urllib.parse.unquote(path[len("/rooms/") :])
         try:
             check_room(room)
         except RoomNameError as exc:
             return 400, f"bad room: {exc}\n".encode(), "text/plain"
+        if self.auth is not None:
+            token = urllib.parse.parse_qs(query).get("token", [""])[-1]
+            if not token:
+                why = b"unauthorized: ask with ?token=JWT, a token that grants the room\n"
+                return 401, why, "text/plain"
+            try:
+                grant, _ = self.auth.verify(token)
+            except AuthError as exc:
+                return 401, f"{exc.code}: {exc}\n".encode(), "text/plain"
+            if not allowed(grant, room):
+                return 403, f"forbidden: the token does not grant {room}\n".encode(), "text/plain"
         self._local_counts()
         body = msgspec.json.encode({"room": room, "viewers": self.counts.total(room)})
         return 200, body, "application/json"
