@@ -343,7 +343,10 @@ class Gateway:
             if now >= next_second:
                 next_second = now + 1.0
                 self._each_second(now)
-            await self._count_tick(now)
+            try:
+                await self._count_tick(now)
+            except Exception:  # counts must never stop the timers above
+                log.exception("viewer counts: tick failed")
             if now >= next_ping:
                 next_ping = now + cfg.ping_interval_s
                 timeout = cfg.ping_timeout_s
