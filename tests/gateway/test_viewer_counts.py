@@ -57,7 +57,7 @@ def spread(gw: Gateway, room: str, per_worker: int) -> dict[str, list[ClientConn
     for _ in range(200):
         if all(len(vs) >= per_worker for vs in by_worker.values()):
             break
-        ws = gw.viewer(room)
+        ws = gw.viewer(room, counts=True)
         mine = by_worker[ws.response.headers["X-Roomcast-Worker"]]
         if len(mine) < per_worker:
             mine.append(ws)
@@ -104,7 +104,7 @@ def test_counts_add_up_across_gateways_and_follow_joins_and_leaves_within_2_s(
 
     on_a = spread(a, room, 2)  # 2 viewers on each of a's workers
     on_b = spread(b, room, 1)
-    quiet = b.viewer(other)  # another room: its count is its own
+    quiet = b.viewer(other, counts=True)  # another room: its count is its own
     joined = time.monotonic()
     assert wait_until(lambda: answers([a, b], room, 6), timeout=2), (
         room_viewers(a, room), room_viewers(b, room),
@@ -126,7 +126,7 @@ def test_counts_add_up_across_gateways_and_follow_joins_and_leaves_within_2_s(
     for ws in (on_a["0"][1], on_a["1"][1], on_b["0"][0]):
         assert last_count(ws, room, 3, timeout=3) == 3
 
-    late = a.viewer(room)  # a viewer that joins gets the count once, without waiting for a change
+    late = a.viewer(room, counts=True)  # a viewer that joins is told the count, no change needed
     assert last_count(late, room, 4, timeout=2) == 4
     assert wait_until(lambda: answers([a, b], room, 4), timeout=2)
 
@@ -170,7 +170,7 @@ def test_bad_room_names_are_refused(gateway: Callable[..., Gateway]) -> None:
             assert exc.read().startswith(b"bad room:")
         else:
             raise AssertionError(f"{path}: not refused")
-    ws = gw.viewer("a:b")
+    ws = gw.viewer("a:b", counts=True)
     assert last_count(ws, "a:b", 1, timeout=5) == 1
     with urllib.request.urlopen(f"{gw.http}/rooms/a%3Ab", timeout=5) as resp:  # encoded
         assert json.loads(resp.read()) == {"room": "a:b", "viewers": 1}
