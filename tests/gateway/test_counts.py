@@ -141,7 +141,7 @@ def test_a_silent_worker_expires_after_three_intervals() -> None:
         assert b.expire(t * IV) == ([] if t * IV - 2 * IV <= 3 * IV else ["dead"])
     assert b.total("r") == 1 and set(b.shares) == {"a"}
     assert b.expire(100 * IV) == ["a"]  # a heard last at 6 IV
-    assert b.total("r") == 0 and b.totals == {}
+    assert b.total("r") == 0 and b.totals == {} and b.cluster_viewers() == 0
 
 
 def test_heartbeats_keep_a_worker_with_no_change_alive() -> None:
