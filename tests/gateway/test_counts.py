@@ -1,4 +1,5 @@
-"""Viewer counts across workers (counts.py), pure: messages handed from one Counts to another."""
+"""Viewer counts across workers (counts.py), pure: messages handed from one Counts to another;
+and the hub's side of them (local counts, `count` pushes), with fake viewers."""
 
 from __future__ import annotations
 
@@ -7,7 +8,10 @@ import json
 import msgspec
 import pytest
 
+from roomcast.core.protocol import Count, encode_server_message
 from roomcast.gateway.counts import CountMessage, Counts, decode_message, encode_message
+from roomcast.gateway.hub import Hub
+from tests.gateway.test_hub import FakeViewer, live_room, opened
 
 IV = 2.0  # the interval
 
@@ -208,3 +212,26 @@ def test_viewers_get_a_changed_total_at_most_once_per_interval() -> None:
     assert a.pushes(4 * IV) == []  # back to what its viewers were told last: nothing to push
     a.update_local({})  # nobody here: nothing to push, and nothing remembered
     assert a.pushes(5 * IV) == [] and a._pushed == {}
+
+
+def test_the_hub_counts_its_rooms_and_a_count_never_overtakes_a_pending_joined() -> None:
+    hub: Hub[FakeViewer] = Hub()
+    early, late, elsewhere = opened(hub, "early"), opened(hub, "late"), opened(hub, "elsewhere")
+    live_room(hub, "r", early)
+    live_room(hub, "s", elsewhere)
+    hub.join(late, "r")  # already subscribed: joined at once
+    assert (hub.local_count("r"), hub.local_count("nobody")) == (2, 0)
+    assert hub.local_counts() == {"r": 2, "s": 1}
+    pending = opened(hub, "pending")
+    hub.join(pending, "t")  # t is being subscribed: its `joined` is owed
+    hub.join(pending, "r")  # r's `joined` queues behind t's
+    count = encode_server_message(Count("r", 3))
+    assert hub.broadcast("r", count) == 3 and hub.broadcast("nobody", count) == 0
+    for v in (early, late):
+        assert v.sent[-1] == {"type": "count", "room": "r", "viewers": 3}
+    assert elsewhere.sent == [{"type": "joined", "room": "s"}]
+    assert pending.sent == []  # nothing overtakes the `joined` it is owed
+    hub.subscribed("t")
+    assert [m["type"] for m in pending.sent] == ["joined", "joined", "count"]
+    hub.close(late)
+    assert hub.local_counts() == {"r": 2, "s": 1, "t": 1}
