@@ -8,7 +8,7 @@ import json
 import msgspec
 import pytest
 
-from roomcast.core.protocol import Count, encode_server_message
+from roomcast.core.protocol import Count, Position, encode_server_message
 from roomcast.gateway.counts import CountMessage, Counts, decode_message, encode_message
 from roomcast.gateway.hub import Hub
 from tests.gateway.test_hub import FakeViewer, live_room, opened
@@ -235,3 +235,8 @@ def test_the_hub_counts_its_rooms_and_a_count_never_overtakes_a_pending_joined()
     assert [m["type"] for m in pending.sent] == ["joined", "joined", "count"]
     hub.close(late)
     assert hub.local_counts() == {"r": 2, "s": 1, "t": 1}
+    resuming = opened(hub, "resuming")  # not on the live fan-out until it has what it missed
+    hub.join(resuming, "u", Position(1, 5))
+    assert hub.local_count("u") == 1
+    assert hub.broadcast("u", encode_server_message(Count("u", 1))) == 1
+    assert resuming.sent == []  # behind its `joined`, still owed
