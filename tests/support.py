@@ -108,9 +108,9 @@ def start_pipeline(
     gateway_metrics_port: int = 0,
     ingest_metrics_port: int = 0,
 ) -> tuple[str, int]:
-    """A fresh topic (and its .dlq), one ingest and one gateway worker on their own subjects and
-    stream, as an operator starts them. Returns the topic and the gateway's port, once healthy.
-    The metrics ports are off unless given."""
+    """A fresh topic (and its .dlq), one ingest and one gateway worker on their own subjects
+    (history and rooms) and stream, as an operator starts them. Returns the topic and the
+    gateway's port, once healthy. The metrics ports are off unless given."""
     topic, prefix = unique(name), unique(name).replace("-", "_")
     asyncio.run(create_topic(kafka, topic, partitions))
     asyncio.run(create_topic(kafka, topic + ".dlq", 1))
@@ -124,6 +124,7 @@ def start_pipeline(
         "ingest",
         ["ingest", "--kafka", kafka, "--nats", nats, "--topic", topic, "--group", unique("g")]
         + ["--window-ms", str(window_ms), "--subject-prefix", prefix]
+        + ["--history-prefix", f"{prefix}_history"]
         + ["--stream", unique("S").replace("-", "_")]
         + ["--metrics-port", str(ingest_metrics_port)],
     )

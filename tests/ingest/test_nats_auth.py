@@ -60,7 +60,8 @@ def test_ingest_nats_token(
                 name,
                 ["ingest", "--kafka", kafka_bootstrap, "--nats", url, "--topic", topic,
                  "--group", unique("g"), "--stream", stream, "--metrics-port", "0",
-                 "--subject-prefix", stream.lower(), "--nats-token", token],
+                 "--subject-prefix", stream.lower(), "--history-prefix", f"{stream.lower()}_h",
+                 "--nats-token", token],
             )  # fmt: skip
 
         wrong = ingest("ingest-wrong", "not-the-token")

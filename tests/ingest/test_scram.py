@@ -74,7 +74,7 @@ def test_scram_produce_and_ingest(
             name,
             ["ingest", "--kafka", scram_kafka.sasl_bootstrap, "--nats", nats_url,
              "--topic", "scram.events", "--group", unique("g"), "--subject-prefix", prefix,
-             "--stream", stream, "--metrics-port", "0",
+             "--history-prefix", f"{prefix}_history", "--stream", stream, "--metrics-port", "0",
              "--window-ms", "50", *sasl("SCRAM-SHA-512"),
              "--kafka-sasl-password", password],
         )  # fmt: skip

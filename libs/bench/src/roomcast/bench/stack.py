@@ -237,6 +237,8 @@ def ingest(
         str(window_ms),
         "--subject-prefix",
         f"{rid}.room",
+        "--history-prefix",
+        f"{rid}.history",
         "--stream",
         rid.upper(),
         "--metrics-port",
