@@ -84,7 +84,8 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 @_opt("--history-msgs", default=_D.history_msgs, type=click.IntRange(min=1),
       help="Blobs JetStream keeps per room.")  # fmt: skip
 @_opt("--history-age-s", default=_D.history_age_s, type=click.FloatRange(min=1),
-      help="How long JetStream keeps a blob, in seconds.")  # fmt: skip
+      help="How long JetStream keeps a blob, in seconds (also the longest dedup window: 120 s "
+      "or this, whichever is shorter).")  # fmt: skip
 @_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
       help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
 @_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),

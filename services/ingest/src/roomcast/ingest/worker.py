@@ -257,7 +257,8 @@ class IngestWorker:
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=self.cfg.history_msgs,
             max_age=self.cfg.history_age_s,
-            duplicate_window=self.cfg.duplicate_window_s,
+            # JetStream refuses a dedup window longer than the history: the history's, then
+            duplicate_window=min(self.cfg.duplicate_window_s, self.cfg.history_age_s),
             num_replicas=self.cfg.stream_replicas,
         )
         try:
