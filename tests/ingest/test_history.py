@@ -253,3 +253,24 @@ async def test_nothing_reaches_subscribers_while_the_stream_refuses_or_is_missin
     await assert_stored(ingest_env, "gone", after)
     info = await stream_info(ingest_env)
     assert info.config.republish is not None and not info.config.sealed
+
+
+async def test_a_room_whose_history_aged_out_starts_again_at_prev_zero(
+    ingest_env: IngestEnv,
+) -> None:
+    """Nats-Last-Sequence names the room's previous blob still in the stream (docs/protocol.md,
+    JetStream): once a quiet room's blobs are past --history-age-s, its next blob has prev 0."""
+    ingest_env.start("--window-ms", "0", "--history-age-s", "1")
+    async with Subscriber(ingest_env, ["quiet"]) as sub:
+        await ingest_env.produce([(b"quiet", b'{"seq":1}'), (b"quiet", b'{"seq":2}')])
+        await sub.until("two blobs", lambda: sub.events("quiet") == [1, 2])
+
+        async def aged_out() -> bool:
+            return (await stream_info(ingest_env)).state.messages == 0
+
+        await until("the room's blobs aged out of the history", aged_out)
+        await ingest_env.produce([(b"quiet", b'{"seq":3}')])
+        await sub.until("the third blob", lambda: sub.events("quiet") == [1, 2, 3])
+    chain = links("quiet", sub.got["quiet"])
+    assert_chain("quiet", chain[:2])
+    assert chain[2][1] == 0 and chain[2][0] > chain[1][0], chain
