@@ -100,8 +100,8 @@ def stream_settings(existing: StreamConfig, wanted: StreamConfig) -> StreamConfi
     the republish of every stored blob to the subjects gateways subscribe to, direct gets, the
     per-room history (count and age) and the dedup window. Subjects an operator added stay, except
     those that overlap the republish destination (the stream would republish into itself, which
-    JetStream refuses): a stream of the older layout, over `roomcast.room.>` itself, so moves to
-    `roomcast.history.>` in place, keeping its messages and its creation time (the epoch).
+    JetStream refuses): a stream of the older layout, over `roomcast.room.>` itself, is thus moved
+    to `roomcast.history.>` in place, keeping its messages and its creation time (the epoch).
     Replicas are raised to `wanted`'s, never lowered; every other setting (limits, placement,
     description, ...) is the operator's.
     """
@@ -257,7 +257,7 @@ class IngestWorker:
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=self.cfg.history_msgs,
             max_age=self.cfg.history_age_s,
-            # JetStream refuses a dedup window longer than the history: the history's, then
+            # at most the history's age: JetStream refuses a longer dedup window
             duplicate_window=min(self.cfg.duplicate_window_s, self.cfg.history_age_s),
             num_replicas=self.cfg.stream_replicas,
         )
