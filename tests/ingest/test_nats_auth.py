@@ -112,7 +112,11 @@ async def until(what: str, ok: Callable[[], bool], timeout: float = 30) -> None:
         await asyncio.sleep(0.05)
 
 
-async def as_the_documented_users(url: str, kafka: str, topic: str, gateway_port: int) -> None:
+async def as_the_documented_users(
+    url: str, kafka: str, topic: str, gateway_port: int
+) -> tuple[int, list[int]]:
+    """Blobs through ingest, the stream and a gateway; the gateway user's reads; the refusals.
+    Returns the history's epoch and the two blobs' sequences."""
     errors: list[str] = []
 
     async def on_error(exc: Exception) -> None:
@@ -156,6 +160,9 @@ async def as_the_documented_users(url: str, kafka: str, topic: str, gateway_port
         await until("both blobs on the gateways' subject", lambda: len(blobs) == 2)
         seqs = [int((m.headers or {})["Nats-Sequence"]) for m in blobs]
         assert [(m.headers or {})["Nats-Last-Sequence"] for m in blobs] == ["0", str(seqs[0])]
+        # The gateway read the stream's epoch and gave the viewer each blob's history position.
+        assert [(m["seq"], m["prev"]) for m in got] == [(seqs[0], 0), (seqs[1], seqs[0])], got
+        assert all(isinstance(m["epoch"], int) and m["epoch"] > 0 for m in got), got
 
         # A gateway reads the history: the stream's info, direct gets by sequence and by subject.
         js = gw.jetstream()
@@ -181,9 +188,22 @@ async def as_the_documented_users(url: str, kafka: str, topic: str, gateway_port
         assert all("permissions violation for publish" in e.lower() for e in errors), errors
         await gw.flush()
         assert len(blobs) == 2 and (await js.stream_info(STREAM)).state.messages == 2
+        return int(str(got[0]["epoch"])), seqs
     finally:
         await gw.close()
         await ing.close()
+
+
+async def resume_from_the_history(gateway_port: int, epoch: int, seqs: list[int]) -> None:
+    """A gateway that has nothing of the room in memory reads what the viewer missed from the
+    history (direct gets) under the gateway user's permissions."""
+    since = f"{ROOM}:{epoch}:{seqs[0]}"
+    async with ws_connect(f"ws://127.0.0.1:{gateway_port}/ws?room={ROOM}&since={since}") as viewer:
+        joined = json.loads(await asyncio.wait_for(viewer.recv(), 30))
+        assert joined == {"type": "joined", "room": ROOM, "recovered": True}, joined
+        blob = json.loads(await asyncio.wait_for(viewer.recv(), 30))
+        assert (blob["type"], blob["seq"], blob["prev"]) == ("blob", seqs[1], seqs[0]), blob
+        assert blob["events"] == [{"n": 2}]
 
 
 def test_the_documented_nats_permissions_carry_blobs_and_refuse_the_rest(
@@ -191,8 +211,8 @@ def test_the_documented_nats_permissions_carry_blobs_and_refuse_the_rest(
 ) -> None:
     """docs/security.md's nats-server block, as is: ingest (publishing only on the history subjects
     and to its stream's API) creates the stream and stores blobs, the stream republishes them to a
-    gateway that may only subscribe there, read the history and share counts; neither may publish
-    a blob where gateways listen."""
+    gateway that may only subscribe there, read the history (a resume served from it) and share
+    counts; neither may publish a blob where gateways listen."""
     port = free_port()
     conf = tmp_path / "nats.conf"
     conf.write_text(
@@ -232,8 +252,17 @@ def test_the_documented_nats_permissions_carry_blobs_and_refuse_the_rest(
              "--auth", "off", "--metrics-port", "0", *user],
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{gateway_port}/readyz", gateway)
-        asyncio.run(as_the_documented_users(url, kafka_bootstrap, topic, gateway_port))
-        for svc in (ingest, gateway):
+        flow = as_the_documented_users(url, kafka_bootstrap, topic, gateway_port)
+        epoch, seqs = asyncio.run(flow)
+        late_port = free_port()
+        late = services(
+            "gateway-late",
+            ["gateway", "--nats", url, "--port", str(late_port), "--workers", "1",
+             "--auth", "off", "--metrics-port", "0", *user],
+        )  # fmt: skip
+        wait_http_ok(f"http://127.0.0.1:{late_port}/readyz", late)
+        asyncio.run(resume_from_the_history(late_port, epoch, seqs))
+        for svc in (ingest, gateway, late):
             assert "violation" not in svc.log_path.read_text().lower(), svc.log_tail()
     finally:
         server.terminate()
