@@ -120,9 +120,11 @@ class Subscription(Generic[T]):
         backoff_cap_s: float = 15.0,
         healthy_after_s: float = 1.0,
         open_timeout_s: float = 10.0,
+        compression: Literal["deflate"] | None = "deflate",
         rng: random.Random | None = None,
     ) -> None:
         self.url = url
+        self.compression = compression
         self.rooms = [check_room(r) for r in rooms]
         self.token = token
         self.messages = messages
@@ -260,7 +262,11 @@ class Subscription(Generic[T]):
 
     async def _attempt(self) -> ClientConnection:
         return await connect(
-            self._connect_url(), open_timeout=self.open_timeout_s, max_size=None, close_timeout=5
+            self._connect_url(),
+            open_timeout=self.open_timeout_s,
+            max_size=None,
+            close_timeout=5,
+            compression=self.compression,
         )
 
     async def _open(
@@ -395,6 +401,7 @@ def subscribe(
     backoff_cap_s: float = ...,
     healthy_after_s: float = ...,
     open_timeout_s: float = ...,
+    compression: Literal["deflate"] | None = ...,
     rng: random.Random | None = ...,
 ) -> Subscription[Blob]: ...
 
@@ -414,6 +421,7 @@ def subscribe(
     backoff_cap_s: float = ...,
     healthy_after_s: float = ...,
     open_timeout_s: float = ...,
+    compression: Literal["deflate"] | None = ...,
     rng: random.Random | None = ...,
 ) -> Subscription[Item]: ...
 
