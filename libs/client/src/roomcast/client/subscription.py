@@ -35,8 +35,9 @@ lost continuity, so the app knows to reload that room's state from its own sourc
 
 States: "connecting" (an attempt is due: `Status.retry_in_s` is the wait before it, `error` why
 the previous attempt or connection ended, `lost` whether a connection that was up was lost),
-"recovering" (connected again after a loss; rooms are being joined and resumed), "live" (every
-room joined), "closed" (the iteration is over: `aclose()`, or `error` says why).
+"recovering" (connected again after a loss, or with `since`: rooms are being joined and
+resumed), "live" (every room joined), "closed" (the iteration is over: `aclose()`, or `error`
+says why).
 
 `messages=True` also yields the other server messages as roomcast.core.protocol structs
 (`Joined`, `Reset`, `Count`, `Left`, `Pong`, `Authorized`, `Error`), in arrival order.
@@ -146,6 +147,7 @@ class Subscription(Generic[T]):
         self._iterating = False  # a task is inside __anext__
         self._live_since: float | None = None  # when the current connection went live
         self._last_error = ""  # the last `error` message: it explains the close that follows
+        self._resuming = False  # this connection resumes rooms, or follows a loss
 
     # ---- what the app reads ---------------------------------------------------------------
 
@@ -189,6 +191,8 @@ class Subscription(Generic[T]):
 
     async def __anext__(self) -> T:
         if self._gen is None:
+            if self._closing.is_set():
+                raise StopAsyncIteration
             self._gen = self._run()
         self._iterating = True
         try:
@@ -198,6 +202,8 @@ class Subscription(Generic[T]):
 
     async def aclose(self) -> None:
         """End the iteration and close the socket (from any task; waits for the close)."""
+        if self._closing.is_set() and self.status == "closed":
+            return
         self._closing.set()
         ws = self._ws
         if ws is not None:
@@ -206,6 +212,7 @@ class Subscription(Generic[T]):
         if gen is not None and not self._iterating:
             await gen.aclose()  # suspended at a yield, or never started: finish it here
         elif gen is None:
+            self._ws = None
             self._set_status("closed")
 
     async def reconnect(self) -> None:
@@ -297,6 +304,7 @@ class Subscription(Generic[T]):
                 self.reconnects += 1
             self._connected_once = True
             self.worker = ws.response.headers.get("X-Roomcast-Worker", "") if ws.response else ""
+            self._resuming = self.reconnects > 0 or bool(self.tracker.since(self.rooms))
             return ws
 
     async def _run(self) -> AsyncGenerator[Item, None]:
@@ -306,8 +314,9 @@ class Subscription(Generic[T]):
             if ws is None:
                 ws = self._ws = await self._open()
             while ws is not None:
-                async for item in self._serve(ws):
-                    yield item
+                async with contextlib.aclosing(self._serve(ws)) as items:
+                    async for item in items:
+                        yield item
                 self._ws = None
                 self.worker = ""
                 if self._closing.is_set():
@@ -343,8 +352,9 @@ class Subscription(Generic[T]):
         """One connection: each item to yield, until it ends."""
         waiting = set(self.rooms)  # rooms whose `joined` has not come yet
         self._live_since = None
+        self._last_error = ""
         if waiting:
-            if self.reconnects:
+            if self._resuming:
                 self._set_status("recovering", worker=self.worker)
         else:
             self._live_since = time.monotonic()
