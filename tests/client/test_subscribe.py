@@ -21,6 +21,7 @@ from websockets.protocol import State
 
 from roomcast.client import Status, Subscription, TokenRejected, subscribe
 from roomcast.core.blob import Blob
+from roomcast.core.protocol import Joined
 from tests.client.conftest import Pipeline, Producer
 from tests.support import unique
 
@@ -160,7 +161,7 @@ async def test_a_position_from_another_epoch_is_not_recovered(
     room = unique("room")
     async with subscribe(p.url, [room], since={room: "1:1"}, messages=True) as sub:
         first = await asyncio.wait_for(anext(sub), 10)
-        assert first.type == "joined" and first.room == room  # type: ignore[union-attr]
+        assert isinstance(first, Joined) and first.room == room
         assert sub.recovered == {room: False} and sub.resets == 1
 
 
