@@ -154,6 +154,11 @@ def watch(
     nothing missed)", or "...were missed...: reload the room" when the history no longer
     reaches back that far.
     """
+    for room in since:
+        if room not in rooms:
+            raise click.BadParameter(
+                f"{room} is not one of the rooms to watch", param_hint="'--since'"
+            )
     try:
         ok = asyncio.run(_watch(list(rooms), url, per_event, count, timeout, token, since))
     except KeyboardInterrupt:
