@@ -8,6 +8,7 @@ end when it stops watching.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import signal
@@ -22,7 +23,7 @@ from websockets.protocol import State
 from roomcast.client import Status, Subscription, TokenRejected, subscribe
 from roomcast.core.blob import Blob
 from roomcast.core.protocol import Joined
-from tests.client.conftest import Pipeline, Producer
+from tests.client.conftest import HistoryProducer, Pipeline, Producer
 from tests.support import unique
 
 
@@ -51,18 +52,48 @@ class Reader:
         await until(f"{n} events (have {len(self.got)})", lambda: len(self.got) >= n, timeout)
 
 
+class PlainViewer:
+    """A plain WebSocket client, no SDK: every event of every blob it is sent, repeats too."""
+
+    def __init__(self, url: str, room: str) -> None:
+        self.events: list[int] = []
+        self.joined = False
+        self.task = asyncio.create_task(self._read(f"{url}?room={room}"))
+
+    async def _read(self, url: str) -> None:
+        async with connect(url, max_size=None) as ws:
+            async for data in ws:
+                msg = json.loads(data)
+                if msg["type"] == "joined":
+                    self.joined = True
+                elif msg["type"] == "blob":
+                    self.events.extend(e["n"] for e in msg["events"])
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+
 async def started(make: Callable[..., Pipeline], **kw: object) -> Pipeline:
     return await asyncio.to_thread(make, **kw)
 
 
+@pytest.mark.parametrize("feed", ["ingest", "history"])
 async def test_kill_9_of_the_serving_worker_loses_and_repeats_nothing(
-    pipeline: Callable[..., Pipeline], kafka_bootstrap: str
+    pipeline: Callable[..., Pipeline], kafka_bootstrap: str, feed: str
 ) -> None:
-    p = await started(pipeline)
+    """Numbered events stream in (through Kafka and ingest, or stored in the history directly);
+    the worker serving the viewer dies mid-stream; the other worker takes the viewer over and
+    resumes it: every event once, in order."""
+    p = await started(pipeline, ingest=feed == "ingest")
     room = unique("room")
     statuses: list[Status] = []
     sub = subscribe(p.url, [room], on_status=statuses.append, backoff_cap_s=1.0)
-    async with sub, Producer(kafka_bootstrap, p.topic, room) as producer:
+    producer: Producer | HistoryProducer = (
+        Producer(kafka_bootstrap, p.topic, room) if feed == "ingest" else HistoryProducer(p, room)
+    )
+    async with sub, producer:
         reader = Reader(sub)
         await until("live", lambda: sub.status == "live")
         first_worker = sub.worker
@@ -94,16 +125,7 @@ async def test_a_kafka_replay_reaches_viewers_but_the_sdk_shows_each_event_once(
     blobs merged differently: a plain WebSocket client sees the repeats; subscribe() does not."""
     p = await started(pipeline, window_ms=300)
     room = unique("room")
-    plain_events: list[int] = []
-
-    async def plain() -> None:
-        async with connect(f"{p.url}?room={room}", max_size=None) as ws:
-            async for data in ws:
-                msg = json.loads(data)
-                if msg["type"] == "blob":
-                    plain_events.extend(e["n"] for e in msg["events"])
-
-    plain_task = asyncio.create_task(plain())
+    plain = PlainViewer(p.url, room)
     async with subscribe(p.url, [room]) as sub, Producer(kafka_bootstrap, p.topic, room) as prod:
         reader = Reader(sub)
         await until("live", lambda: sub.status == "live")
@@ -112,52 +134,73 @@ async def test_a_kafka_replay_reaches_viewers_but_the_sdk_shows_each_event_once(
         assert p.ingest is not None
         await asyncio.to_thread(p.ingest.stop)
         await asyncio.to_thread(p.start_ingest, "ingest-replay", "--window-ms", "0")
-        await until("the replay", lambda: len(plain_events) >= 80)
+        await until("the replay", lambda: len(plain.events) >= 80)
         await prod.send(10)
         await reader.has(50)
-        await until("the plain client catching up", lambda: plain_events[-1:] == [50])
+        await until("the plain client catching up", lambda: plain.events[-1:] == [50])
         assert reader.got == list(range(1, 51))
-        assert sorted(set(plain_events)) == list(range(1, 51)) and len(plain_events) >= 90
-    plain_task.cancel()
+        assert sorted(set(plain.events)) == list(range(1, 51)) and len(plain.events) >= 90
+    await plain.close()
+
+
+async def test_events_stored_twice_in_other_blobs_are_shown_once(
+    pipeline: Callable[..., Pipeline],
+) -> None:
+    """What ingest stores after a crash before its commit: the same events again, merged into
+    other blobs (new seqs, a whole chain); only what is new in them is yielded."""
+    p = await started(pipeline, ingest=False)
+    room = unique("room")
+    plain = PlainViewer(p.url, room)
+    async with subscribe(p.url, [room]) as sub, HistoryProducer(p, room) as history:
+        reader = Reader(sub)
+        await until("live", lambda: sub.status == "live" and plain.joined)
+        for numbers in ([1, 2, 3], [4, 5], [2, 3, 4], [5], [4, 5, 6, 7], [8]):
+            await history.store(numbers)
+        await reader.has(8)
+        await until("the plain client", lambda: plain.events[-1:] == [8])
+        assert reader.got == [1, 2, 3, 4, 5, 6, 7, 8]
+        assert reader.blobs == 4  # [1, 2, 3], [4, 5], [6, 7] of the fifth, [8]
+    assert plain.events == [1, 2, 3, 4, 5, 2, 3, 4, 5, 4, 5, 6, 7, 8]
+    await plain.close()
 
 
 async def test_a_resume_the_history_cannot_serve_says_recovered_false_and_calls_the_hook(
-    pipeline: Callable[..., Pipeline], kafka_bootstrap: str
+    pipeline: Callable[..., Pipeline],
 ) -> None:
     """The whole gateway is down while 30 blobs go by; the history keeps 3 per room. Back, the
     viewer resumes from its position, is told it cannot be served, and gets live events."""
-    p = await started(pipeline, window_ms=0, ingest_args=("--history-msgs", "3"))
+    p = await started(pipeline, ingest=False, history_msgs=3)
     room = unique("room")
     resets: list[tuple[str, str | None]] = []
     sub = subscribe(
         p.url, [room], on_reset=lambda r, oldest: resets.append((r, oldest)), backoff_cap_s=0.5
     )
-    async with sub, Producer(kafka_bootstrap, p.topic, room) as producer:
+    async with sub, HistoryProducer(p, room) as history:
         reader = Reader(sub)
         await until("live", lambda: sub.status == "live")
-        await producer.send(5)
+        await history.send(5)
         await reader.has(5)
         before = sub.positions[room]
         assert p.gateway is not None
         await asyncio.to_thread(p.gateway.stop)  # drains: 1012, resumable
         await until("reconnecting", lambda: sub.status == "connecting")
-        await producer.send(30)
+        await history.send(30)
         await asyncio.to_thread(p.start_gateway, "gateway-2")
         await until("recovered false", lambda: sub.recovered.get(room) is False)
         assert sub.resets == 1
         assert len(resets) == 1 and resets[0][0] == room
         oldest = resets[0][1]
         assert oldest is not None and int(oldest.split(":")[1]) > int(before.split(":")[1])
-        await producer.send(2)
+        await history.send(2)
         await reader.has(7)
-        assert reader.got[:5] == [1, 2, 3, 4, 5] and reader.got[-2:] == [36, 37]
-        assert reader.got == sorted(set(reader.got))  # in order, none twice
+        assert reader.got == [1, 2, 3, 4, 5, 36, 37]  # live from there on
+        assert sub.positions[room].split(":")[0] == before.split(":")[0]  # the same epoch
 
 
 async def test_a_position_from_another_epoch_is_not_recovered(
     pipeline: Callable[..., Pipeline],
 ) -> None:
-    p = await started(pipeline)
+    p = await started(pipeline, ingest=False)
     room = unique("room")
     async with subscribe(p.url, [room], since={room: "1:1"}, messages=True) as sub:
         first = await asyncio.wait_for(anext(sub), 10)
@@ -168,7 +211,7 @@ async def test_a_position_from_another_epoch_is_not_recovered(
 async def test_aclose_ends_the_iteration_and_closes_the_socket(
     pipeline: Callable[..., Pipeline],
 ) -> None:
-    p = await started(pipeline)
+    p = await started(pipeline, ingest=False)
     room = unique("room")
     statuses: list[str] = []
     sub = subscribe(p.url, [room], on_status=lambda s: statuses.append(s.state))
@@ -201,12 +244,12 @@ async def test_aclose_while_waiting_to_reconnect_ends_at_once() -> None:
 
 @pytest.mark.parametrize("gone", [False, True])
 async def test_leaving_async_with_mid_iteration_closes_the_socket(
-    pipeline: Callable[..., Pipeline], kafka_bootstrap: str, gone: bool
+    pipeline: Callable[..., Pipeline], gone: bool
 ) -> None:
-    p = await started(pipeline)
+    p = await started(pipeline, ingest=False)
     room = unique("room")
-    async with subscribe(p.url, [room]) as sub, Producer(kafka_bootstrap, p.topic, room) as prod:
-        await prod.send(1)
+    async with subscribe(p.url, [room]) as sub, HistoryProducer(p, room) as history:
+        await history.send(1)
         blob = await asyncio.wait_for(anext(sub), 20)
         assert blob.decoded_events() == [{"n": 1}]
         ws = sub.connection
