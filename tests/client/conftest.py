@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import nats
 import psutil
 import pytest
+from nats.aio.client import Client as NATS
 from nats.js.api import RePublish, StreamConfig
 
 from roomcast.core.blob import blob_msg_id, encode_blob
@@ -158,7 +159,7 @@ class HistoryProducer:
     def __init__(self, p: Pipeline, room: str) -> None:
         self.p, self.room = p, room
         self.sent = 0
-        self.nc: nats.NATS | None = None
+        self.nc: NATS | None = None
 
     async def __aenter__(self) -> HistoryProducer:
         self.nc = await nats.connect(self.p.nats)

@@ -24,7 +24,7 @@ from roomcast.client import Status, Subscription, TokenRejected, subscribe
 from roomcast.core.blob import Blob
 from roomcast.core.protocol import Joined
 from tests.client.conftest import HistoryProducer, Pipeline, Producer
-from tests.support import unique
+from tests.support import Service, unique
 
 
 async def until(what: str, check: Callable[[], bool], timeout: float = 30) -> None:
@@ -260,14 +260,14 @@ async def test_leaving_async_with_mid_iteration_closes_the_socket(
 
 
 async def test_an_expired_token_ends_the_iteration_with_token_rejected(
-    kafka_bootstrap: str, nats_url: str, services: Callable[..., object]
+    nats_url: str, services: Callable[..., Service]
 ) -> None:
     """4002 is not resumable as it is: the app needs a fresh token, and is told so."""
     from tests.gateway.test_auth import JWT_ARGS, token
     from tests.support import free_port, wait_http_ok
 
     port = free_port()
-    gw = services(  # type: ignore[operator]
+    gw = services(
         "gateway-jwt",
         ["gateway", "--nats", nats_url, "--port", str(port), "--workers", "1",
          "--metrics-port", "0", *JWT_ARGS],

@@ -9,15 +9,17 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from typing import IO
 
 from tests.client.conftest import HistoryProducer, Pipeline
 from tests.support import ROOMCAST, unique
 
 
 class Lines:
-    def __init__(self, stream: object) -> None:
+    def __init__(self, stream: IO[str] | None) -> None:
+        assert stream is not None
         self.lines: list[str] = []
-        threading.Thread(target=lambda: self.lines.extend(stream), daemon=True).start()  # type: ignore[call-overload]
+        threading.Thread(target=lambda: self.lines.extend(stream), daemon=True).start()
 
     def has(self, needle: str) -> bool:
         return any(needle in line for line in list(self.lines))
