@@ -210,6 +210,16 @@ def reference(
     return Server(kind, procs, port)
 
 
+def stream_name(rid: str) -> str:
+    """The JetStream stream of a run's room history."""
+    return rid.upper()
+
+
+def history_prefix(rid: str) -> str:
+    """A run's history subjects: ingest stores there, the stream republishes to `{rid}.room`."""
+    return f"{rid}.hist"
+
+
 def ingest(
     logs: Path,
     kafka: str,
@@ -238,7 +248,7 @@ def ingest(
         "--subject-prefix",
         f"{rid}.room",
         "--stream",
-        rid.upper(),
+        stream_name(rid),
         "--metrics-port",
         str(metrics_port),
         "--log-level",
