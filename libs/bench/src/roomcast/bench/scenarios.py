@@ -603,9 +603,8 @@ def e2e(
     viewer_rooms = [_zipf_pick(cdf, rng) for _ in range(c.viewers)]
     paths = [f"/ws?room=r{r}" for r in viewer_rooms]
     proc, _ = stack.ingest(logs, kafka, nats_url, topic, rid, window_ms)
-    # The gateway reads the run's own history (resumes: --churn) where this run's ingest keeps it.
-    history = ("--stream", stack.stream_name(rid), "--history-prefix", stack.history_prefix(rid))
-    server = stack.gateway(logs, nats_url, f"{rid}.room", c.workers, extra=history)
+    server = stack.gateway(logs, nats_url, f"{rid}.room", c.workers,
+                           extra=stack.history_options(rid))  # fmt: skip
     proc.start()
     try:
         with server, LoadClients(c.viewers, per_process=5000) as clients:

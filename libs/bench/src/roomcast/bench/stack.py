@@ -210,14 +210,9 @@ def reference(
     return Server(kind, procs, port)
 
 
-def stream_name(rid: str) -> str:
-    """The JetStream stream of a run's room history."""
-    return rid.upper()
-
-
-def history_prefix(rid: str) -> str:
-    """A run's history subjects: ingest stores there, the stream republishes to `{rid}.room`."""
-    return f"{rid}.hist"
+def history_options(rid: str) -> tuple[str, ...]:
+    """The run's own history subjects and stream, for ingest and the gateways that read it."""
+    return ("--history-prefix", f"{rid}.history", "--stream", rid.upper())
 
 
 def ingest(
@@ -247,8 +242,7 @@ def ingest(
         str(window_ms),
         "--subject-prefix",
         f"{rid}.room",
-        "--stream",
-        stream_name(rid),
+        *history_options(rid),
         "--metrics-port",
         str(metrics_port),
         "--log-level",
