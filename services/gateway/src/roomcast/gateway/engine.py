@@ -18,7 +18,7 @@ from typing import Any
 
 from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode
-from roomcast.gateway import metrics
+from roomcast.gateway import metrics, static
 from roomcast.gateway.auth import ClientAddress, Verifier, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
@@ -99,6 +99,7 @@ class Gateway:
         # content type). Exact paths, then prefixes in order.
         self.routes: dict[str, Route] = {}
         self.prefix_routes: list[tuple[str, Route]] = []
+        self.routes["/client.js"] = static.client_js
 
     async def connect(self) -> None:
         await self.feed.start(self.on_blob)
