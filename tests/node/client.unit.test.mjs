@@ -311,10 +311,13 @@ test("join and leave go out on the socket; those made while it opens go out once
   ]);
   ws.receive(blob("c", 50, 0, [0]));
   sub.leave("c");
+  ws.receive(blob("c", 51, 50, [1])); // on its way before the leave arrived: not handed on
+  ws.receive(blob("_all", 52, 0, [0])); // push-to-all reaches everyone
   sub.join("d");
   assert.deepEqual(ws.sent.slice(3), [{ type: "leave", room: "c" }, { type: "join", room: "d" }]);
   assert.deepEqual(sub.rooms, ["b", "d"]);
-  assert.deepEqual(sub.positions, { b: `${EPOCH}:40` }, "a left room's position is forgotten");
+  assert.deepEqual(sub._queue.map((b) => b.room), ["c", "_all"]);
+  assert.deepEqual(sub.positions, { b: `${EPOCH}:40`, _all: `${EPOCH}:52` }, "c is forgotten");
   assert.throws(() => sub.join("d", "nope"), TypeError);
   ws.serverClose(1006);
   await waitFor("a reconnect", () => ScriptedSocket.all.length === 2);
@@ -322,6 +325,12 @@ test("join and leave go out on the socket; those made while it opens go out once
   assert.deepEqual(url.searchParams.getAll("room"), ["b", "d"]);
   assert.deepEqual(url.searchParams.getAll("since"), [`b:${EPOCH}:40`]);
   await sub.close();
+
+  const later = scripted([], { positions: { e: `${EPOCH}:3` } });
+  later.sub.join("e"); // resumes after the position it was given
+  ScriptedSocket.last().open();
+  assert.deepEqual(ScriptedSocket.last().sent, [{ type: "join", room: "e", since: `${EPOCH}:3` }]);
+  await later.sub.close();
 });
 
 test("counts, resets and not-recovered joins reach the callbacks and the getters", async () => {

@@ -223,15 +223,14 @@ export class Subscription {
     return { ...this._tracker.stats, connects: this.connects };
   }
 
-  /** Join `room`, after position `since` ("EPOCH:SEQ") if given, else from now on. */
+  /** Join `room` after position `since` ("EPOCH:SEQ") if given, else after the position
+   * `options.positions` gave for it, else from now on. */
   join(room, since) {
     checkRoom(room);
     const position = since === undefined || since === null ? null : parsePosition(since);
     if (this.state === "closed") throw new Error("subscription is closed");
-    const known = this._rooms.has(room);
     this._rooms.add(room);
     if (position !== null) this._tracker.positions.set(room, position);
-    else if (!known) this._tracker.forget(room);
     this._recovered.delete(room);
     const ws = this._ws;
     if (ws !== null && ws.readyState === OPEN) this._sendJoin(ws, room);
@@ -448,6 +447,8 @@ export class Subscription {
     const o = this.options;
     switch (msg.type) {
       case "blob": {
+        // Blobs of a room just left may still be on the way; _all reaches everyone unasked.
+        if (!this._rooms.has(msg.room) && msg.room !== "_all") break;
         const blob = this._tracker.accept(msg);
         if (blob !== null) this._deliver(blob);
         break;
