@@ -369,7 +369,7 @@ test("counts, resets and not-recovered joins reach the callbacks and the getters
 });
 
 test("a silent connection is pinged, then dropped and replaced", async () => {
-  const { sub } = scripted(["a"], { pingIntervalMs: 30 });
+  const { sub } = scripted(["a"], { pingIntervalMs: 100 });
   const ws = ScriptedSocket.last();
   ws.open();
   await waitFor("a ping", () => ws.sent.some((m) => m.type === "ping"));
@@ -377,7 +377,7 @@ test("a silent connection is pinged, then dropped and replaced", async () => {
   assert.equal(ws.readyState, 3);
   const next = ScriptedSocket.last();
   next.open();
-  for (let i = 0; i < 4; i++) {
+  for (let i = 0; i < 15; i++) { // 300 ms, past the 200 that drop a silent one
     await new Promise((r) => setTimeout(r, 20));
     next.receive({ type: "pong" }); // anything heard keeps it alive
   }
