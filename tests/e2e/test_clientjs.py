@@ -2,12 +2,13 @@
 
 The Node tests (tests/node/client.live.test.mjs) drive the scenario; this side runs the services
 and answers them over a small HTTP control endpoint on loopback: produce events to Kafka, publish
-raw blobs to NATS, SIGKILL a gateway worker.
+raw blobs to NATS, wait until an event is in the room's history, SIGKILL a gateway worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -21,7 +22,9 @@ from typing import Any
 import nats
 import pytest
 from aiokafka import AIOKafkaProducer
+from nats.js.api import RePublish, StreamConfig
 
+from roomcast.core.blob import decode_blob
 from tests.support import (
     Service,
     create_topic,
@@ -36,20 +39,22 @@ class Cluster:
     def __init__(self, kafka: str, nats_url: str, services: Callable[..., Service]) -> None:
         self.kafka, self.nats_url = kafka, nats_url
         self.topic, self.prefix = unique("cjs"), unique("cjs").replace("-", "_")
+        self.history, self.stream = unique("hist").replace("-", "_"), unique("S").replace("-", "_")
         asyncio.run(create_topic(kafka, self.topic, 4))
         asyncio.run(create_topic(kafka, self.topic + ".dlq", 1))
+        asyncio.run(self.create_stream())
         self.port = free_port()
         self.gateway = services(
             "gateway",
             ["gateway", "--nats", nats_url, "--port", str(self.port), "--workers", "2",
-             "--auth", "off", "--subject-prefix", self.prefix, "--log-format", "json",
-             "--metrics-port", "0"],
+             "--auth", "off", "--subject-prefix", self.prefix, "--stream", self.stream,
+             "--history-prefix", self.history, "--log-format", "json", "--metrics-port", "0"],
         )  # fmt: skip
         self.ingest = services(
             "ingest",
             ["ingest", "--kafka", kafka, "--nats", nats_url, "--topic", self.topic,
-             "--group", unique("g"), "--window-ms", "100", "--subject-prefix", self.prefix,
-             "--stream", unique("S").replace("-", "_"), "--metrics-port", "0"],
+             "--group", unique("g"), "--window-ms", "100", "--subject-prefix", self.history,
+             "--stream", self.stream, "--metrics-port", "0"],
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{self.port}/readyz", self.gateway)
         deadline = time.monotonic() + 30
@@ -57,6 +62,22 @@ class Cluster:
             assert time.monotonic() < deadline, self.gateway.log_tail()
             assert self.gateway.proc.poll() is None, self.gateway.log_tail()
             time.sleep(0.1)
+
+    async def create_stream(self) -> None:
+        """The rooms' history: stored on HISTORY.<room>, republished to PREFIX.<room>."""
+        nc = await nats.connect(self.nats_url)
+        try:
+            await nc.jetstream().add_stream(
+                StreamConfig(
+                    name=self.stream,
+                    subjects=[f"{self.history}.>"],
+                    max_msgs_per_subject=100,
+                    allow_direct=True,
+                    republish=RePublish(src=f"{self.history}.>", dest=f"{self.prefix}.>"),
+                )
+            )
+        finally:
+            await nc.close()
 
     def worker_pids(self) -> dict[str, int]:
         """Worker number -> pid of its running process, from the gateway's own log."""
@@ -71,7 +92,8 @@ class Cluster:
 
 
 class Control:
-    """The HTTP endpoint the Node tests call: POST /produce, /publish, /kill with a JSON body."""
+    """The HTTP endpoint the Node tests call: POST /produce, /publish, /stored, /kill with a JSON
+    body."""
 
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
@@ -120,6 +142,8 @@ class Control:
             subject = f"{self.cluster.prefix}.{body['room']}"
             self.run(self.publish(subject, [b.encode() for b in body["blobs"]]))
             return {}
+        if path == "/stored":
+            return {"seq": self.run(self.stored(body["room"], body["offset"]))}
         if path == "/kill":
             pid = self.cluster.worker_pids()[str(body["worker"])]
             os.kill(pid, signal.SIGKILL)
@@ -136,6 +160,19 @@ class Control:
             if interval_ms:
                 await asyncio.sleep(interval_ms / 1000)
         return [(await fut).offset for fut in sent]
+
+    async def stored(self, room: str, offset: int, timeout: float = 30) -> int:
+        """Wait until the room's history holds the event at `offset`; its blob's seq."""
+        js = self.nc.jetstream()
+        subject = f"{self.cluster.history}.{room}"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                msg = await js.get_last_msg(self.cluster.stream, subject)
+                if decode_blob(msg.data).offsets[-1] >= offset:
+                    return int(msg.seq)
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"offset {offset} of {room} not in the history after {timeout} s")
 
     async def publish(self, subject: str, payloads: list[bytes]) -> None:
         for payload in payloads:

@@ -109,16 +109,29 @@ test("blobs arrive in order through the async iterator, each with its position",
 
 test("kill -9 of the serving worker: reconnects to the other, every event exactly once", TIMEOUT, async () => {
   const room = unique("kill");
-  const { sub, seen, socket, joined } = watch([room]);
+  // The token function runs before every connection: holding it keeps the client away until
+  // what it missed is surely in the history (so only a resume can bring it).
+  let gate = Promise.resolve("");
+  let release = null;
+  const { sub, seen, socket, joined } = watch([room], { token: () => gate });
   await joined(room);
   const first = socket.worker;
   assert.ok(first === "0" || first === "1", `worker ${first}`);
-  const producing = produce(room, 0, 200, 10); // ~2 s of events
-  await waitFor("40 events", () => (seen.events[room] ?? []).length >= 40);
+  const producing = produce(room, 0, 100, 5); // events in flight while the worker dies
+  await waitFor("30 events", () => (seen.events[room] ?? []).length >= 30);
+  gate = new Promise((resolve) => {
+    release = () => resolve("");
+  });
   await control("/kill", { worker: first });
-  await producing;
-  await waitFor("the last event", () => (seen.events[room] ?? []).includes(199), 30000);
-  assert.deepEqual(seen.events[room], range(0, 200), "every event once, in order");
+  const { offsets } = await producing;
+  await control("/stored", { room, offset: offsets.at(-1) });
+  assert.equal(sub.state, "recovering");
+  assert.ok(seen.events[room].length < 100, "the kill came before the last events");
+  release();
+  await waitFor("live again", () => sub.state === "live");
+  await produce(room, 100, 110);
+  await waitFor("the last event", () => (seen.events[room] ?? []).includes(109), 30000);
+  assert.deepEqual(seen.events[room], range(0, 110), "every event once, in order");
   const again = Spy.sockets.at(-1);
   assert.notEqual(again, socket);
   assert.notEqual(again.worker, first, "resumed on the other worker");
@@ -180,7 +193,8 @@ test("a new subscription resumes after the positions of a closed one", TIMEOUT, 
   const positions = one.sub.positions;
   assert.match(positions[room], POSITION);
   await one.sub.close();
-  await produce(room, 10, 25); // while nobody watches
+  const { offsets } = await produce(room, 10, 25); // while nobody watches
+  await control("/stored", { room, offset: offsets.at(-1) });
   const two = watch([room], { positions });
   await two.joined(room);
   await produce(room, 25, 30);
