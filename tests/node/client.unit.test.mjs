@@ -112,6 +112,10 @@ test("room names are checked as the gateway checks them", () => {
     assert.throws(() => checkRoom(bad), TypeError, String(bad));
   }
   assert.throws(() => subscribe("ws://h/ws", ["bad room"], { WebSocket: ScriptedSocket }), TypeError);
+  assert.throws(() => subscribe("not a url", ["a"], { WebSocket: ScriptedSocket }), TypeError);
+  const one = subscribe("ws://h/ws", "lobby", { WebSocket: ScriptedSocket });
+  assert.deepEqual(one.rooms, ["lobby"], "one room as a string is one room, not its letters");
+  one.close();
 });
 
 test("the URL has one room= per room and since=ROOM:EPOCH:SEQ for each room with a position", () => {

@@ -164,12 +164,13 @@ export class Subscription {
     if (typeof WS !== "function") {
       throw new TypeError("no WebSocket here: pass one as options.WebSocket (Node: the ws package)");
     }
+    buildUrl(url, []); // a URL it cannot use fails here, not on the first connection
     this.url = url;
     this.options = options;
     this._WebSocket = WS;
     this._rooms = new Set();
     this._tracker = new Tracker();
-    for (const room of rooms) this._rooms.add(checkRoom(room));
+    for (const room of typeof rooms === "string" ? [rooms] : rooms) this._rooms.add(checkRoom(room));
     for (const [room, text] of Object.entries(options.positions ?? {})) {
       this._tracker.positions.set(checkRoom(room), parsePosition(text));
     }
