@@ -22,7 +22,6 @@ from typing import Any
 import nats
 import pytest
 from aiokafka import AIOKafkaProducer
-from nats.js.api import RePublish, StreamConfig
 
 from roomcast.core.blob import decode_blob
 from tests.support import (
@@ -42,7 +41,6 @@ class Cluster:
         self.history, self.stream = unique("hist").replace("-", "_"), unique("S").replace("-", "_")
         asyncio.run(create_topic(kafka, self.topic, 4))
         asyncio.run(create_topic(kafka, self.topic + ".dlq", 1))
-        asyncio.run(self.create_stream())
         self.port = free_port()
         self.gateway = services(
             "gateway",
@@ -53,8 +51,8 @@ class Cluster:
         self.ingest = services(
             "ingest",
             ["ingest", "--kafka", kafka, "--nats", nats_url, "--topic", self.topic,
-             "--group", unique("g"), "--window-ms", "100", "--subject-prefix", self.history,
-             "--stream", self.stream, "--metrics-port", "0"],
+             "--group", unique("g"), "--window-ms", "100", "--subject-prefix", self.prefix,
+             "--history-prefix", self.history, "--stream", self.stream, "--metrics-port", "0"],
         )  # fmt: skip
         wait_http_ok(f"http://127.0.0.1:{self.port}/readyz", self.gateway)
         deadline = time.monotonic() + 30
@@ -62,22 +60,6 @@ class Cluster:
             assert time.monotonic() < deadline, self.gateway.log_tail()
             assert self.gateway.proc.poll() is None, self.gateway.log_tail()
             time.sleep(0.1)
-
-    async def create_stream(self) -> None:
-        """The rooms' history: stored on HISTORY.<room>, republished to PREFIX.<room>."""
-        nc = await nats.connect(self.nats_url)
-        try:
-            await nc.jetstream().add_stream(
-                StreamConfig(
-                    name=self.stream,
-                    subjects=[f"{self.history}.>"],
-                    max_msgs_per_subject=100,
-                    allow_direct=True,
-                    republish=RePublish(src=f"{self.history}.>", dest=f"{self.prefix}.>"),
-                )
-            )
-        finally:
-            await nc.close()
 
     def worker_pids(self) -> dict[str, int]:
         """Worker number -> pid of its running process, from the gateway's own log."""
