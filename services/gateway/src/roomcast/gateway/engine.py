@@ -28,7 +28,7 @@ from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode, Count, Position, encode_server_message
 from roomcast.core.rooms import ALL_ROOM, check_room
 from roomcast.gateway import counts as countmsg
-from roomcast.gateway import metrics
+from roomcast.gateway import metrics, static
 from roomcast.gateway.auth import AuthError, ClientAddress, Verifier, allowed, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
@@ -121,6 +121,7 @@ class Gateway:
         # content type). Exact paths, then prefixes in order.
         self.routes: dict[str, Route] = {}
         self.prefix_routes: list[tuple[str, Route]] = []
+        self.routes["/client.js"] = static.client_js
         # Viewer counts across the cluster (counts.py), over the feed's NATS connection.
         self.counts = Counts(
             f"{secrets.token_hex(6)}-{worker_id}", cfg.count_interval_s, time.monotonic()
