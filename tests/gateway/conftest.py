@@ -21,7 +21,7 @@ from websockets.sync.client import ClientConnection, connect
 from websockets.uri import parse_uri
 
 from roomcast.core.blob import encode_blob
-from tests.support import Service, free_port, unique, wait_http_ok
+from tests.support import Service, free_port, plain, unique, wait_http_ok
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Gateway:
             kw["create_connection"] = NoCounts
         ws = self.stack.enter_context(connect(f"{self.ws_url}?{query}", **kw))  # type: ignore[arg-type]
         for room in rooms:  # wait for the acks: the room is live once joined
-            assert json.loads(ws.recv(timeout=10)) == {"type": "joined", "room": room}
+            assert plain(json.loads(ws.recv(timeout=10))) == {"type": "joined", "room": room}
         return ws
 
     def publish(self, room: str, *blobs: bytes) -> None:

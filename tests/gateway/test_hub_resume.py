@@ -139,6 +139,14 @@ class ResumeMachine(RuleBasedStateMachine):
         self.subscribed.add(room)
         self._apply(self.hub.subscribed(room))
 
+    @precondition(lambda self: self.hub.want_head)
+    @rule(data=st.data())
+    def head_read(self, data: st.DataObject) -> None:
+        """The newest stored blob of a room new here (plain joins are confirmed with it)."""
+        room = data.draw(st.sampled_from(sorted(self.hub.want_head)))
+        stored = self.stored[room]
+        self.hub.head_read(room, stored[-1][0] if stored else 0)
+
     @precondition(lambda self: self.hub.want_history)
     @rule(data=st.data())
     def history_read(self, data: st.DataObject) -> None:
@@ -247,10 +255,12 @@ class ResumeMachine(RuleBasedStateMachine):
                 kind, room = m["type"], m.get("room")
                 if kind == "_join":
                     last[room] = m["since"]  # type: ignore[index, assignment]
-                elif kind == "_left":
+                elif kind in ("_left", "left"):  # (the server's `left` may come later)
                     last.pop(room, None)  # type: ignore[arg-type]
                 elif kind == "reset" or (kind == "joined" and m.get("recovered") is False):
                     last[room] = None  # type: ignore[index]
+                elif kind == "joined" and m.get("position"):  # a plain join: from here on
+                    last[room] = int(str(m["position"]).split(":")[1])  # type: ignore[index]
                 elif kind == "blob":
                     before = last.get(room)  # type: ignore[arg-type]
                     if before is not None:
@@ -271,7 +281,7 @@ class ResumeMachine(RuleBasedStateMachine):
 
     @invariant()
     def settled_viewers_are_live_and_up_to_date(self) -> None:
-        if self.pending or self.hub.want_history:
+        if self.pending or self.hub.want_history or self.hub.want_head:
             return  # a subscription or a history read is still under way
         for v in self.peers:
             if v.state is not OPEN or v.paused or v.replies:

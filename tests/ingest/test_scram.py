@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import connect
 
 from roomcast.devstack.kafka import LocalKafka
-from tests.support import Service, free_port, unique, wait_http_ok
+from tests.support import Service, free_port, plain, unique, wait_http_ok
 
 USER, PASSWORD = "roomcast", "scram-pass-ok"
 
@@ -89,7 +89,10 @@ def test_scram_produce_and_ingest(
 
     good = ingest("ingest", PASSWORD)
     with connect(f"ws://127.0.0.1:{port}/ws?room=scram-room", compression=None) as viewer:
-        assert json.loads(viewer.recv(timeout=10)) == {"type": "joined", "room": "scram-room"}
+        assert plain(json.loads(viewer.recv(timeout=10))) == {
+            "type": "joined",
+            "room": "scram-room",
+        }
         ok = produce(scram_kafka, PASSWORD, "SCRAM-SHA-256", '{"n":1}', "scram-room")
         assert ok.returncode == 0 and "produced 1 event" in ok.stderr, ok
         deadline = time.monotonic() + 60

@@ -65,8 +65,11 @@ class RoomTracker:
         )
 
     def joined(self, msg: Joined) -> bool:
-        """Note a `joined`; True if the room lost continuity (`recovered: false`)."""
+        """Note a `joined`; True if the room lost continuity (`recovered: false`). A plain
+        join's `position` is where to resume from if the connection drops before a blob."""
         self.recovered[msg.room] = msg.recovered
+        if msg.position and msg.room not in self.positions:
+            self.positions[msg.room] = parse_position(msg.position)
         if msg.recovered is False:
             self.resets += 1
             return True

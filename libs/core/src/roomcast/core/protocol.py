@@ -149,10 +149,13 @@ class _Ack(msgspec.Struct, tag_field="type", frozen=True):
 
 
 class Joined(_Ack, tag="joined", frozen=True, omit_defaults=True):
-    """`recovered` is only there for a join with `since`; `oldest` only when it is false."""
+    """`recovered` is only there for a join with `since`; `oldest` only when it is false.
+    `position`: the room's newest position when a plain join was confirmed (SEQ 0: no blob
+    yet), to resume from if the connection drops before the first blob."""
 
     recovered: bool | None = None
     oldest: str | msgspec.UnsetType | None = msgspec.UNSET  # EPOCH:SEQ or null
+    position: str | None = None
 
 
 class Reset(_Ack, tag="reset", frozen=True):

@@ -107,6 +107,7 @@ class Gateway:
         self._epoch_task: asyncio.Task[None] | None = None
         self._epoch_checked = 0.0
         self._reading: set[str] = set()  # rooms with a history read under way
+        self._heading: set[str] = set()  # rooms whose newest stored position is being read
         self._filling: set[str] = set()  # rooms whose log waits for missing blobs
         self._counted = Counters()  # the hub's counters as last exported
         self._produced: list[float] = []  # the batch's blobs' produce times (those that have one)
@@ -312,8 +313,7 @@ class Gateway:
         if interest:
             self._apply(interest)
             metrics.ROOMS.set(len(self.hub.rooms))
-        if since is not None:
-            self._service_history()
+        self._service_history()
 
     def caught_up(self, v: Viewer) -> None:
         """The viewer's write buffer drained (under the low-water mark)."""
@@ -401,6 +401,10 @@ class Gateway:
         """Start a read for every room whose waiting viewers need one (one at a time per room)."""
         hub = self.hub
         self._service_history_counters()
+        for room in list(hub.want_head):
+            if room not in self._heading:
+                self._heading.add(room)
+                self._spawn(self._read_head(room))
         if not hub.want_history:
             return
         for room in list(hub.want_history):
@@ -446,6 +450,27 @@ class Gateway:
                 self._service_history_counters()
         finally:
             self._reading.discard(room)
+            self._service_history()
+
+    async def _read_head(self, room: str) -> None:
+        """Plain joins of a room new to this worker are confirmed with its newest position."""
+        hub = self.hub
+        try:
+            while room in hub.want_head and room in hub.rooms:
+                read_for = hub.rooms[room]
+                if not read_for.subscribed:
+                    hub.want_head.discard(room)  # asked again once subscribed
+                    return
+                try:
+                    seq = await self.feed.head(room)
+                except Exception as exc:
+                    log.warning("reading a room's newest position failed: %s; retrying", exc,
+                                extra={"room": room})  # fmt: skip
+                    await asyncio.sleep(1.0)
+                    continue
+                hub.head_read(room, seq, read_for)
+        finally:
+            self._heading.discard(room)
             self._service_history()
 
     async def _fill(self, room: str, sync: bool = False) -> None:

@@ -59,6 +59,9 @@ class RoomFeed(Protocol):
         """Up to `limit` stored blobs of the room, oldest first, from seq `start` on:
         (seq, blob as stored). [] when there are none."""
 
+    async def head(self, room: str) -> int:
+        """The seq of the room's newest stored blob; 0 if it has none."""
+
 
 def _created_us(created: object) -> int:
     """A stream's creation time (a datetime, or RFC 3339 text) in microseconds."""
@@ -198,6 +201,19 @@ class NatsFeed:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         return out
+
+    async def head(self, room: str) -> int:
+        """A direct get of the last message on the room's history subject."""
+        assert self.nc is not None
+        subject = f"$JS.API.DIRECT.GET.{self.stream}.{self.history_prefix}.{room}"
+        msg = await self.nc.request(subject, b"", timeout=5.0)
+        headers = msg.headers or {}
+        if "Nats-Sequence" in headers:
+            return int(headers["Nats-Sequence"])
+        if headers.get("Status") == "404":
+            return 0
+        why = f"{headers.get('Status', '')} {headers.get('Description', '')}"
+        raise RuntimeError(f"direct get on {self.stream}: {why}")
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -172,6 +172,7 @@ class Hub(Generic[P]):
         self.all_log = RoomLog(0, ring_blobs)  # push-to-all's recent blobs
         self.all_behind: dict[P, int] = {}  # slow viewers' position in push-to-all
         self.want_history: set[str] = set()  # rooms whose waiting viewers need a history read
+        self.want_head: set[str] = set()  # rooms whose newest stored position must be read
         self.counters = Counters()
         self._fanning = False
         self._newly_slow: list[P] = []
@@ -257,11 +258,13 @@ class Hub(Generic[P]):
         interest = Interest()
         room = self.rooms.get(name)
         if name in v.rooms and room is not None:  # joined again: ack again, in order
-            if room.subscribed:
-                ack = Joined(name) if since is None else Joined(name, True)
+            if room.subscribed and self._head_known(room):
+                ack = self._joined(room, v) if since is None else Joined(name, True)
                 self.reply(v, encode_server_message(ack))
             else:
                 self._owe_join(v, room, None)
+                if room.subscribed:
+                    self._settle(v)
             return interest
         if room is None:
             room = self.rooms[name] = Room(name)
@@ -274,8 +277,8 @@ class Hub(Generic[P]):
         else:
             room.viewers.add(v)
         self._changed(v)
-        if room.subscribed and since is None:
-            self.reply(v, encode_server_message(Joined(name)))
+        if room.subscribed and since is None and self._head_known(room):
+            self.reply(v, encode_server_message(self._joined(room, v)))
         else:
             self._owe_join(v, room, since)
             if room.subscribed:
@@ -385,14 +388,48 @@ class Hub(Generic[P]):
                         self._done_waiting(v, room)
                         n += 1
                         continue
+                    if not self._head_known(room):
+                        self.want_head.add(room.name)
+                        break
                     self._done_waiting(v, room)
-                v.send(encode_server_message(Joined(r.room)))  # (or moot: left meanwhile)
+                    v.send(encode_server_message(self._joined(room, v)))
+                    n += 1
+                    continue
+                v.send(encode_server_message(Joined(r.room)))  # moot: it left meanwhile
             else:
                 v.send(r)
             n += 1
         del replies[:n]
         if not replies and v.replies is replies:
             v.replies = None
+
+    def _head_known(self, room: Room[P]) -> bool:
+        """A plain join can be confirmed with the room's newest position (or there is no
+        history to give one from)."""
+        return not self.epoch or (room.log is not None and room.log.last != UNKNOWN)
+
+    def _joined(self, room: Room[P], v: P) -> Joined:
+        """A plain join's ack, with where the viewer is in the room: the newest blob if it is
+        live, else the last one it has (it is being caught up)."""
+        log = room.log
+        if not self.epoch or log is None or log.last == UNKNOWN:
+            return Joined(room.name)
+        return Joined(room.name, position=f"{self.epoch}:{room.behind.get(v, log.last)}")
+
+    def head_read(self, name: str, seq: int, read_for: object = None) -> None:
+        """The room's newest stored blob is `seq` (0: it has none), read after its
+        subscription (`read_for`: the Room it was read for, if not the current one): joins
+        waiting to be confirmed with a position can be now."""
+        self.want_head.discard(name)
+        room = self.rooms.get(name)
+        if room is None or not room.subscribed or (read_for is not None and read_for is not room):
+            return  # read for a subscription since given up: the next one asks again
+        log = self.log_for(name)
+        assert log is not None
+        if log.last == UNKNOWN:  # (live blobs that came meanwhile know better)
+            log.last = seq
+        for v in list(room.waiting):
+            self._settle(v)
 
     @staticmethod
     def _done_waiting(v: P, room: Room[P]) -> None:

@@ -457,6 +457,14 @@ export class Subscription {
       case "joined": {
         const recovered = typeof msg.recovered === "boolean" ? msg.recovered : null;
         this._recovered.set(msg.room, recovered);
+        // A plain join says where the room is: resume from there if the connection drops
+        // before the room's first blob.
+        if (typeof msg.position === "string" && !this._tracker.positions.has(msg.room)) {
+          const [epoch, seq] = msg.position.split(":").map(Number);
+          if (Number.isSafeInteger(epoch) && Number.isSafeInteger(seq)) {
+            this._tracker.positions.set(msg.room, { epoch, seq });
+          }
+        }
         call(o.onJoined, { room: msg.room, recovered, oldest: msg.oldest ?? null });
         if (recovered === false) {
           this._tracker.unchain(msg.room);
