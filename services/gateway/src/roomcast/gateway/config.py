@@ -53,6 +53,7 @@ class GatewayConfig:
     nats_creds: str = ""  # NATS .creds file (JWT + NKey seed)
     nats_nkey_seed: str = ""  # file holding a user NKey seed (SU...), for NKey users
     nats_tls_ca: str = ""  # CA bundle to verify a tls:// NATS server
+    demo_chat_url: str = ""  # where the demo page posts chat lines; empty: the page is read-only
     backlog: int = 4096
     reuse_port: bool = False  # set by the supervisor when several workers share the port
     control_dir: str = ""  # set by the launcher: where workers hand over their metrics

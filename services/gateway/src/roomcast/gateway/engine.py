@@ -18,7 +18,7 @@ from typing import Any
 
 from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode
-from roomcast.gateway import metrics
+from roomcast.gateway import metrics, pages
 from roomcast.gateway.auth import ClientAddress, Verifier, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
@@ -99,6 +99,7 @@ class Gateway:
         # content type). Exact paths, then prefixes in order.
         self.routes: dict[str, Route] = {}
         self.prefix_routes: list[tuple[str, Route]] = []
+        self.pages = pages.install(self)  # /, /stats, /stats.json
 
     async def connect(self) -> None:
         await self.feed.start(self.on_blob)
@@ -364,6 +365,7 @@ class Gateway:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        self.pages.close()
         await self.feed.close()
 
     # ---- HTTP endpoints on the same port ------------------------------------------------------
