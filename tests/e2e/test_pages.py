@@ -212,6 +212,7 @@ def open_room(context: object, stack: Stack, room: str) -> object:
     page = context.new_page()  # type: ignore[attr-defined]
     page.goto(f"{stack.http}/?room={room}")
     expect(page.locator("#state")).to_have_text("live", timeout=WAIT_MS)
+    expect(page.locator("#states")).to_contain_text("joined", timeout=WAIT_MS)
     return page
 
 
@@ -270,6 +271,8 @@ def test_a_killed_gateway_worker_recovers_with_every_event_once(
     stack.produce(chats(room, 40, start=20))  # while the page is away
     expect(page.locator("#states")).to_contain_text("recovering", timeout=WAIT_MS)
     expect(page.locator("#state")).to_have_text("live", timeout=WAIT_MS)
+    # Back in the room after the position it had: nothing missed (the gateway said so).
+    expect(page.locator("#states")).to_contain_text("recovering → live → resumed", timeout=WAIT_MS)
     stack.produce(chats(room, 60, start=40))
     lines = wait_feed(page, 60)
     assert lines == [f"tester: line {i}" for i in range(60)]

@@ -22,6 +22,7 @@ export function subscribe(url, rooms, handlers = {}) {
 
   const connect = () => {
     const u = new URL(url, location.href);
+    if (handlers.token) u.searchParams.set("token", handlers.token);
     for (const room of wanted) {
       u.searchParams.append("room", room);
       if (positions.has(room)) u.searchParams.append("since", `${room}:${positions.get(room)}`);
@@ -29,6 +30,7 @@ export function subscribe(url, rooms, handlers = {}) {
     ws = new WebSocket(u.toString());
     ws.onopen = () => {
       attempt = 0;
+      setState("live");
     };
     ws.onmessage = (ev) => {
       let msg;
@@ -53,10 +55,11 @@ export function subscribe(url, rooms, handlers = {}) {
         highest.set(key, offsets[offsets.length - 1]);
         handlers.onBlob?.({ ...msg, events, offsets });
       } else if (msg.type === "joined") {
-        setState("live");
-        handlers.onJoined?.(msg);
+        const recovered = typeof msg.recovered === "boolean" ? msg.recovered : null;
+        handlers.onJoined?.({ room: msg.room, recovered, oldest: msg.oldest ?? null });
+        if (recovered === false) handlers.onReset?.({ ...msg, reason: "not_recovered" });
       } else if (msg.type === "reset") {
-        handlers.onReset?.(msg);
+        handlers.onReset?.({ ...msg, reason: "reset" });
       } else if (msg.type === "count") {
         counts.set(msg.room, msg.viewers);
         handlers.onCount?.(msg);
@@ -97,8 +100,12 @@ export function subscribe(url, rooms, handlers = {}) {
       ws?.close(1000);
       setState("closed");
     },
-    positions: () => new Map(positions),
-    counts: () => new Map(counts),
+    get positions() {
+      return Object.fromEntries(positions);
+    },
+    get counts() {
+      return Object.fromEntries(counts);
+    },
     get state() {
       return state;
     },
