@@ -152,6 +152,8 @@ def stack(
     worker, a gateway with two workers on one port and the demo page's chat box."""
     logs = tmp_path_factory.mktemp("pages")
     topic, prefix = unique("pages"), unique("pages").replace("-", "_")
+    # A history of its own (stream and subjects): the page resumes from it.
+    stream, history = unique("PAGES").replace("-", "_"), unique("hist").replace("-", "_")
     run(create_topic(kafka_bootstrap, topic, 4))
     run(create_topic(kafka_bootstrap, topic + ".dlq", 1))
     port = free_port()
@@ -160,14 +162,15 @@ def stack(
     gateway = Service(
         "gateway",
         ["gateway", "--nats", nats_url, "--port", str(port), "--workers", "2", "--auth", "off",
-         "--subject-prefix", prefix, "--metrics-port", "0", "--demo-chat-url", chat.endpoint.url],
+         "--subject-prefix", prefix, "--stream", stream, "--history-prefix", history,
+         "--metrics-port", "0", "--demo-chat-url", chat.endpoint.url],
         logs,
     )  # fmt: skip
     ingest = Service(
         "ingest",
         ["ingest", "--kafka", kafka_bootstrap, "--nats", nats_url, "--topic", topic,
          "--group", unique("g"), "--window-ms", "300", "--subject-prefix", prefix,
-         "--stream", unique("S").replace("-", "_"), "--metrics-port", "0"],
+         "--stream", stream, "--metrics-port", "0"],
         logs,
     )  # fmt: skip
     try:
