@@ -170,7 +170,7 @@ def stack(
         "ingest",
         ["ingest", "--kafka", kafka_bootstrap, "--nats", nats_url, "--topic", topic,
          "--group", unique("g"), "--window-ms", "300", "--subject-prefix", prefix,
-         "--stream", stream, "--metrics-port", "0"],
+         "--stream", stream, "--history-prefix", history, "--metrics-port", "0"],
         logs,
     )  # fmt: skip
     try:
