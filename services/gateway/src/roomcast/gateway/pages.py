@@ -1,6 +1,6 @@
 """The pages a browser opens on the viewer port: the demo room (`/`), the stats page (`/stats`)
 and the figures behind it (`/stats.json`). Plain files shipped in the package (`static/`), no
-build step, nothing fetched from elsewhere.
+build step, nothing fetched from elsewhere; the demo page watches its room with `/client.js`.
 
 `/stats.json` is the figures of the worker that answered (a gateway runs several worker processes
 on one port, and each HTTP request lands on one of them): viewers and rooms now, frames/s and
@@ -70,9 +70,6 @@ class Pages:
         routes["/demo"] = self.page
         routes["/stats"] = self.page
         routes["/stats.json"] = self.stats
-        # Until the full /client.js (its own static module) is here: a minimal one.
-        client = _static("client.js").encode()
-        routes.setdefault("/client.js", lambda p, q: (200, client, "text/javascript"))
 
     def close(self) -> None:
         self._timer.cancel()
