@@ -70,18 +70,25 @@ def _install_chromium() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def browser() -> Iterator[object]:
+def chromium() -> Path:
     why = _install_chromium()
     if why is not None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must run the browser tests, but: {why}")
         pytest.skip(f"!!! BROWSER TESTS NOT RUN: {why}")
+    return CHROMIUM
+
+
+# Module-scoped: Playwright's sync API keeps an event loop running in this thread while it is
+# open, and later tests of the session call asyncio.run.
+@pytest.fixture(scope="module")
+def browser(chromium: Path) -> Iterator[object]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        yield chromium
-        chromium.close()
+        launched = pw.chromium.launch(executable_path=str(chromium), headless=True)
+        yield launched
+        launched.close()
 
 
 @dataclass
