@@ -40,7 +40,7 @@ $(COMPOSECHECK): deploy/composecheck/main.go deploy/composecheck/go.mod deploy/c
 setup: .venv/.synced  ## the venv with every workspace package and dev tool
 
 dev: setup  ## run NATS, Kafka, ingest, gateway and a demo producer; Ctrl-C stops all (ARGS="--port 8081")
-	$(UV) run roomcast dev $(ARGS)
+	@$(UV) run roomcast dev $(ARGS)
 
 test: setup  ## the whole suite but the deploy tests, real Kafka and NATS started by the tests
 	$(UV) run pytest --ignore=tests/deploy

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import sys
 import time
 import urllib.request
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
@@ -138,6 +140,10 @@ def _check_ports(wanted: list[tuple[int, str, str]]) -> None:
     "--gateway-metrics-port", default=9465, type=click.IntRange(0, 65535), show_default=True,
     help="The gateway's /metrics, /healthz, /readyz port (0: none).",
 )  # fmt: skip
+@click.option(
+    "--chat-port", default=8090, type=click.IntRange(0, 65535), show_default=True,
+    help="The demo page's chat box: POST /chat on 127.0.0.1 writes to Kafka (0: read-only page).",
+)  # fmt: skip
 @click.option("--topic", default="roomcast.events", show_default=True)
 @click.option("--window-ms", default=1000, show_default=True, help="Ingest merge window.")
 @click.option("--rooms", default=3, show_default=True, help="Demo rooms: demo-1 ... demo-N.")
@@ -159,6 +165,7 @@ def dev(
     port: int,
     ingest_metrics_port: int,
     gateway_metrics_port: int,
+    chat_port: int,
     topic: str,
     window_ms: int,
     rooms: int,
@@ -192,7 +199,11 @@ def dev(
         click.echo(f"demo: {rate:g} events/s over {', '.join(names)} to {kafka} {topic}")
         asyncio.run(_run(None, kafka, topic, names, rate, duration))
         return
+    page = f"http://127.0.0.1:{port}/"
+    click.echo(f"demo page: {page}?room={names[0]}   (gateway stats: {page}stats)")
     wanted = [(port, "the gateway", "--port")]
+    if chat_port:
+        wanted.append((chat_port, "the demo page's chat box", "--chat-port"))
     if ingest_metrics_port:
         wanted.append((ingest_metrics_port, "ingest metrics", "--ingest-metrics-port"))
     if gateway_metrics_port:
@@ -247,7 +258,8 @@ def dev(
                 "gateway",
                 ["gateway", "--nats", nats, "--host", "127.0.0.1", "--port", str(port)]
                 + ["--workers", "1", "--metrics-port", str(gateway_metrics_port)]
-                + ["--auth", "off"],  # a local demo: anyone on this machine may watch
+                + ["--auth", "off"]  # a local demo: anyone on this machine may watch
+                + ["--demo-chat-url", f"http://127.0.0.1:{chat_port}/chat" if chat_port else ""],
                 state_dir,
                 needs=tuple(b for b in brokers if b == "nats-server"),
                 ports=gateway_ports,
@@ -269,18 +281,26 @@ def dev(
         )
         click.echo(
             "\nroomcast is running:\n"
+            f"  demo page {page}?room={names[0]}   stats {page}stats\n"
             f"  Kafka     {kafka}  topic {topic}\n"
             f"  NATS      {nats}\n"
             f"  ingest    window {window_ms} ms, {metrics}   log {state_dir / 'ingest.log'}\n"
             f"  gateway   ws://127.0.0.1:{port}/ws, {gw_metrics}\n"
             f"            log {state_dir / 'gateway.log'}\n"
-            f"  demo      {rate:g} events/s over {', '.join(names)}\n\n"
-            f"watch a room:   roomcast watch {names[0]}\n"
+            f"  demo      {rate:g} events/s over {', '.join(names)}\n"
+            + (
+                f"  chat box  POST http://127.0.0.1:{chat_port}/chat (the page's; to Kafka)\n\n"
+                if chat_port
+                else "  chat box  off (--chat-port 0): the page is read-only\n\n"
+            )
+            + f"watch a room:   roomcast watch {names[0]}\n"
             f'say something:  roomcast produce --room {names[0]} \'{{"text":"hi"}}\'\n'
             "A service or broker that dies is restarted. Ctrl-C stops everything.\n"
         )
         supervisor = Supervisor(children, _echo)
-        gave_up, sent = asyncio.run(_run(supervisor, kafka, topic, names, rate, duration))
+        gave_up, sent = asyncio.run(
+            _run(supervisor, kafka, topic, names, rate, duration, chat_port, port)
+        )
         # asyncio put back the default handlers: a SIGTERM now must still stop the children.
         install_signal_handlers()
         if gave_up is not None:
@@ -320,6 +340,8 @@ async def _run(
     rooms: list[str],
     rate: float,
     duration: float,
+    chat_port: int = 0,
+    page_port: int = 0,
 ) -> tuple[GaveUp | None, int | None]:
     """The demo producer and the supervisor, until Ctrl-C, SIGTERM, --duration or a give-up."""
     # The demo's own lines say when Kafka is gone and back; aiokafka's would repeat it each try.
@@ -339,9 +361,42 @@ async def _run(
             return None
 
     demo_task = asyncio.create_task(demo())
+    chat = None
+    if chat_port:
+        try:
+            chat = await _start_chat(kafka, topic, chat_port, page_port)
+        except Exception as exc:  # like the demo: a convenience, never a reason to stop
+            _echo(f"the demo page's chat box is off: {exc!r}")
     gave_up = None
-    if supervisor is not None:
-        gave_up = await supervisor.run(stop)
-    else:
-        await stop.wait()
+    try:
+        if supervisor is not None:
+            gave_up = await supervisor.run(stop)
+        else:
+            await stop.wait()
+    finally:
+        if chat is not None:
+            await chat()
     return gave_up, await demo_task
+
+
+async def _start_chat(
+    kafka: str, topic: str, port: int, page_port: int
+) -> Callable[[], Awaitable[None]]:
+    """The demo page's chat box (POST /chat -> Kafka); returns how to stop it."""
+    from aiokafka import AIOKafkaProducer
+
+    from roomcast.devstack.chat import ChatEndpoint, kafka_sender
+
+    producer = AIOKafkaProducer(bootstrap_servers=kafka, acks="all", request_timeout_ms=8_000)
+    await producer.start()
+    origins = [f"http://127.0.0.1:{page_port}", f"http://localhost:{page_port}"]
+    endpoint = ChatEndpoint(
+        port, kafka_sender(producer, topic), asyncio.get_running_loop(), origins
+    ).start()
+
+    async def stop() -> None:
+        await asyncio.to_thread(endpoint.stop)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(producer.stop(), 5)
+
+    return stop

@@ -110,6 +110,8 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
 @_opt("--nats-nkey-seed", default=_D.nats_nkey_seed, help="File holding a NATS user NKey seed.")
 @_opt("--nats-tls-ca", default=_D.nats_tls_ca,
       help="CA bundle to verify the NATS server's TLS certificate (tls:// URLs).")  # fmt: skip
+@_opt("--demo-chat-url", default=_D.demo_chat_url,
+      help="Where the demo page (/) posts chat lines; empty: a read-only page.")  # fmt: skip
 @_opt("--log-format", default="text", type=click.Choice(["text", "json"]),
       help="Log lines for people (text) or machines (json).")  # fmt: skip
 @_opt("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),

@@ -28,7 +28,7 @@ from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode, Count, Position, encode_server_message
 from roomcast.core.rooms import ALL_ROOM, check_room
 from roomcast.gateway import counts as countmsg
-from roomcast.gateway import metrics, static
+from roomcast.gateway import metrics, pages, static
 from roomcast.gateway.auth import AuthError, ClientAddress, Verifier, allowed, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
@@ -123,6 +123,7 @@ class Gateway:
         self.routes: dict[str, Route] = {}
         self.prefix_routes: list[tuple[str, Route]] = []
         self.routes["/client.js"] = static.client_js
+        self.pages = pages.install(self)  # /, /stats, /stats.json
         # Viewer counts across the cluster (counts.py), over the feed's NATS connection.
         self.counts = Counts(
             f"{secrets.token_hex(6)}-{worker_id}", cfg.count_interval_s, time.monotonic()
@@ -629,6 +630,7 @@ class Gateway:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        self.pages.close()
         await self._stop_counts()
         await self.feed.close()
 
