@@ -1,4 +1,4 @@
-"""`roomcast bench chaos`: a whole roomcast cluster on loopback, faults under load, every event checked.
+"""`roomcast bench chaos`: a roomcast cluster on loopback, faults under load, every event checked.
 
 `ChaosCluster` starts, all real: Kafka (KRaft), a NATS cluster of 3 with JetStream (the stream
 at 3 replicas), 2 ingest processes in one consumer group and 2 gateway processes with 2
@@ -34,6 +34,7 @@ from roomcast.devstack import LocalKafka, LocalNats, LocalNatsCluster
 from roomcast.devstack.process import BrokerError, ManagedProcess
 
 TOPIC = "roomcast.events"
+STREAM = "ROOMCAST_ROOMS"  # ingest's default
 Progress = Callable[[str], None]
 
 
@@ -164,6 +165,30 @@ class ChaosCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, as the brokers see it: NATS nodes, the stream's replicas and peers."""
+        import nats
+
+        async def stream() -> dict[str, Any]:
+            nc = await nats.connect(self.nats.urls, connect_timeout=5)
+            try:
+                info = await nc.jetstream().stream_info(STREAM)
+                peers = [info.cluster.leader] if info.cluster and info.cluster.leader else []
+                if info.cluster and info.cluster.replicas:
+                    peers += [r.name for r in info.cluster.replicas]
+                return {"stream_replicas": info.config.num_replicas, "stream_peers": peers}
+            finally:
+                await nc.close()
+
+        return {
+            "kafka_brokers": 1,
+            "nats_nodes": len(self.nats.nodes),
+            **asyncio.run(stream()),
+            "ingest_processes": len(self.ingest),
+            "gateways": len(self.gateways),
+            "gateway_workers": len(self.gateway_workers(0)),
+        }
 
     # -- faults' tools
 
@@ -642,10 +667,12 @@ def run(
     progress: Progress,
     only: list[str] | None = None,
     on_result: Callable[[dict[str, Any]], None] = lambda r: None,
-) -> list[dict[str, Any]]:
-    """Start the cluster, play every scenario (or `only` those), heal between them, stop."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Start the cluster, play every scenario (or `only` those), heal between them, stop.
+    Returns the scenarios' results and what the cluster was (`ChaosCluster.describe`)."""
     chosen = [s for s in SCENARIOS if only is None or s.name in only]
     results = []
+    described: dict[str, Any] = {}
     with ChaosCluster(state_dir, partitions=opts.partitions, progress=progress) as cluster:
         for sc in chosen:
             try:
@@ -655,7 +682,11 @@ def run(
             results.append(r)
             on_result(r)
             cluster.heal()
-    return results
+        try:
+            described = cluster.describe()
+        except Exception as exc:
+            described = {"error": f"{type(exc).__name__}: {exc}"}
+    return results, described
 
 
 def options(short: bool, **overrides: Any) -> Options:

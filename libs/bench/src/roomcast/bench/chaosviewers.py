@@ -119,8 +119,11 @@ class _Viewer:
             await asyncio.sleep(random.uniform(0.05, 0.3) * min(8, 2**failures))
 
     async def _paused(self) -> None:
-        while (left := self.paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(min(left, 0.2))
+        """Stop reading until `paused_until` (the socket fills up; the gateway sees a slow
+        viewer)."""
+        left = self.paused_until - time.monotonic()
+        if left > 0:
+            await asyncio.sleep(left)
         self.paused_until = 0.0
 
     def handle(self, message: str | bytes) -> None:
@@ -182,10 +185,15 @@ class _Process:
         return {
             "viewers": len(self.viewers),
             "connected": sum(1 for v in self.viewers if v.ws is not None),
-            "joined": sum(1 for v in self.viewers if v.joined_at and v.ws is not None
-                          and len(v.joined) == len(v.spec.rooms)),  # fmt: skip
+            "joined": sum(
+                1
+                for v in self.viewers
+                if v.joined_at and v.ws is not None and len(v.joined) == len(v.spec.rooms)
+            ),
             "last_joined_at": max((v.joined_at for v in self.viewers), default=0.0),
-            "rooms_with_data": sum(1 for v in self.viewers for lg in v.logs.values() if lg.first >= 0),
+            "rooms_with_data": sum(
+                1 for v in self.viewers for lg in v.logs.values() if lg.first >= 0
+            ),
             "viewer_rooms": sum(len(v.logs) for v in self.viewers),
             "delivered": sum(lg.delivered for v in self.viewers for lg in v.logs.values()),
             "complete": complete,

@@ -143,16 +143,20 @@ class LocalNatsCluster:
                 monitor_port=monitors[i],
                 timeout=timeout,
                 name=f"nats-n{i + 1}",
-                cluster=[
-                    "--server_name", f"n{i + 1}",
-                    "--cluster_name", name,
-                    "--cluster", f"nats://127.0.0.1:{routes[i]}",
-                    "--routes", route_urls,
-                ],
-            )  # fmt: skip
+                cluster=self._cluster_args(i, name, routes[i], route_urls),
+            )
             for i in range(size)
         ]
         self.timeout = timeout
+
+    @staticmethod
+    def _cluster_args(i: int, name: str, route_port: int, route_urls: str) -> list[str]:
+        return [
+            "--server_name", f"n{i + 1}",
+            "--cluster_name", name,
+            "--cluster", f"nats://127.0.0.1:{route_port}",
+            "--routes", route_urls,
+        ]  # fmt: skip
 
     @property
     def urls(self) -> list[str]:
