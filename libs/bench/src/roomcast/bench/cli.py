@@ -561,6 +561,31 @@ def chaos(
         raise SystemExit(1)
 
 
+@bench.command("nats")
+@click.option("--messages", type=click.IntRange(1000), default=50_000, show_default=True)
+@click.option("--bytes", "size", type=click.IntRange(1, 65536), default=300, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def nats_rates(messages: int, size: int, rounds: int, json_path: Path | None) -> None:
+    """NATS message rates on a fresh 3-node cluster on loopback (the chaos cluster's NATS).
+
+    JetStream publishes acknowledged per second into a stream of 3 replicas from one nats-py
+    publisher, and core messages per second from one node to a subscriber on another.
+    """
+    from roomcast.bench.chaos import nats_rates as measure
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="roomcast-nats-") as tmp:
+        for i in range(rounds):
+            runs.append(measure(Path(tmp) / str(i), messages, size))
+            click.echo(
+                f"round {i + 1}: JetStream R3 {runs[-1]['jetstream_r3_acked_per_s']:,} acked/s, "
+                f"core through a route {runs[-1]['core_routed_per_s']:,} msgs/s"
+            )
+    if json_path is not None:
+        json_path.write_text(json.dumps({"scenario": "nats", "runs": runs}, indent=2) + "\n")
+
+
 def _categories(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
     from roomcast.bench.fuzz import parse_categories
 
