@@ -30,7 +30,7 @@ from roomcast.bench import stack
 from roomcast.bench.chaosviewers import ViewerProcesses, ViewerSpec
 from roomcast.bench.checker import Latencies, percentile, summarize
 from roomcast.core.rooms import SUBJECT_PREFIX
-from roomcast.devstack import LocalKafka, LocalNats, LocalNatsCluster
+from roomcast.devstack import LocalKafkaCluster, LocalNats, LocalNatsCluster
 from roomcast.devstack.process import BrokerError, ManagedProcess
 
 TOPIC = "roomcast.events"
@@ -52,7 +52,7 @@ class Options:
     pause_s: float = 15.0  # SIGSTOP
     slow_s: float = 10.0  # the viewer that stops reading
     viewers_per_process: int = 2000
-    kafka_brokers: int = 1
+    kafka_brokers: int = 3  # 3 KRaft nodes fit: ~370 MiB each, 0.16 cores idle for the three
     partitions: int = 8
     settle_s: float = 60.0  # bound on the drain after the producer stops
 
@@ -88,12 +88,15 @@ class ChaosCluster:
         session_timeout_ms: int = 6000,
         progress: Progress = lambda text: None,
         nats_url_list: bool = False,
+        kafka_brokers: int = 3,
     ) -> None:
         self.state_dir = Path(state_dir)
         self.logs = self.state_dir / "logs"
         self.progress = progress
-        self.kafka = LocalKafka(
-            self.state_dir / "kafka", topics={TOPIC: partitions, TOPIC + ".dlq": 1}
+        self.kafka = LocalKafkaCluster(
+            self.state_dir / "kafka",
+            size=kafka_brokers,
+            topics={TOPIC: partitions, TOPIC + ".dlq": 1},
         )
         self.nats = LocalNatsCluster(self.state_dir / "nats", size=3)
         urls = self.nats.urls
@@ -138,7 +141,7 @@ class ChaosCluster:
 
     def start(self) -> ChaosCluster:
         try:
-            self.progress("[chaos] starting Kafka and 3 NATS nodes")
+            self.progress("[chaos] starting Kafka and NATS")
             self.nats.start()
             self.kafka.start()
             self.progress("[chaos] starting 2 ingest processes and 2 gateways")
@@ -182,7 +185,7 @@ class ChaosCluster:
                 await nc.close()
 
         return {
-            "kafka_brokers": 1,
+            "kafka_brokers": len(self.kafka.nodes),
             "nats_nodes": len(self.nats.nodes),
             **asyncio.run(stream()),
             "ingest_processes": len(self.ingest),
@@ -200,7 +203,7 @@ class ChaosCluster:
 
     def _pids(self) -> list[int]:
         pids = [n.pid for n in self.nats.nodes] + [p.pid for p in self.ingest]
-        pids += [self.kafka.pid]
+        pids += [n.pid for n in self.kafka.nodes if n.pid]
         for g in self.gateways:
             pids += [p.pid for p in g.processes()]
         return [p for p in pids if p]
@@ -213,9 +216,10 @@ class ChaosCluster:
                 node.stop()
                 node.start()
         self.nats.wait_healthy(60)
-        if not self.kafka.alive():
-            self.kafka.stop()
-            self.kafka.start()
+        for broker in self.kafka.nodes:
+            if not broker.alive():
+                broker.stop()
+                broker.start()
         for p in self.ingest:
             if not p.alive():
                 p.stop()
@@ -437,10 +441,12 @@ def fault_nats_rolling(run: Run) -> None:
 
 
 def fault_kafka_restart(run: Run) -> None:
-    """Stop the Kafka broker (SIGTERM, a clean shutdown) and start it again."""
-    run.cluster.kafka.stop()
-    _sleep(run, min(run.opts.down_s, 2.0), "Kafka down")
-    run.cluster.kafka.start()
+    """Stop one Kafka broker (SIGTERM, a clean shutdown; with one broker, Kafka) and start it."""
+    broker = run.cluster.kafka.nodes[0]
+    run.notes["broker"] = broker.node_id
+    broker.stop()
+    _sleep(run, min(run.opts.down_s, 2.0), f"Kafka broker {broker.node_id} down")
+    broker.start()
 
 
 def fault_gateway_worker_kill(run: Run) -> None:
@@ -680,7 +686,9 @@ def run(
     chosen = [s for s in SCENARIOS if only is None or s.name in only]
     results = []
     described: dict[str, Any] = {}
-    with ChaosCluster(state_dir, partitions=opts.partitions, progress=progress) as cluster:
+    with ChaosCluster(
+        state_dir, partitions=opts.partitions, progress=progress, kafka_brokers=opts.kafka_brokers
+    ) as cluster:
         for sc in chosen:
             try:
                 r = run_scenario(cluster, sc, opts, progress)
