@@ -31,6 +31,8 @@ NAMED = {
     "gateway": {
         "nats": "nats.url",
         "subject-prefix": "nats.subjectPrefix",
+        "history-prefix": "nats.historyPrefix",
+        "stream": "ingest.stream.name",  # the stream ingest sets up
         "port": "gateway.port",
         "workers": "gateway.workers",
         "drain-seconds": "gateway.drainSeconds",

@@ -16,6 +16,9 @@ ALL_ROOM = "_all"
 
 SUBJECT_PREFIX = "roomcast.room"
 """Room `lobby` is published on subject `roomcast.room.lobby`."""
+HISTORY_PREFIX = "roomcast.history"
+"""Ingest stores room `lobby`'s blobs on `roomcast.history.lobby`; the stream republishes each
+stored blob on the room's SUBJECT_PREFIX subject."""
 
 _ALLOWED = re.compile(r"[A-Za-z0-9_\-:@=+~]{1,128}")
 _BAD_CHAR = re.compile(r"[^A-Za-z0-9_\-:@=+~]")

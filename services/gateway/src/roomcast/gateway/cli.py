@@ -34,6 +34,14 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
       help="Address of the metrics endpoint (0.0.0.0 for Prometheus in a cluster).")  # fmt: skip
 @_opt("--subject-prefix", default=_D.subject_prefix,
       help="Room R's blobs arrive on PREFIX.R (as ingest publishes them).")  # fmt: skip
+@_opt("--stream", default=_D.stream,
+      help="JetStream stream of the rooms' history (resumes, slow viewers read it).")  # fmt: skip
+@_opt("--history-prefix", default=_D.history_prefix,
+      help="Room R's history is on PREFIX.R in --stream (as ingest stores it).")  # fmt: skip
+@_opt("--ring-blobs", default=_D.ring_blobs, type=click.IntRange(min=1),
+      help="Recent blobs kept per active room: most resumes are served from them.")  # fmt: skip
+@_opt("--max-replay-blobs", default=_D.max_replay_blobs, type=click.IntRange(min=0),
+      help="A resume missing more blobs than this is answered recovered:false.")  # fmt: skip
 @_opt("--max-viewers", default=_D.max_viewers, type=click.IntRange(min=1),
       help="Viewers per worker; past it, new connections get 503 before the upgrade.")  # fmt: skip
 @_opt("--max-connects-per-s", default=_D.max_connects_per_s, type=click.FloatRange(min=1),
@@ -43,7 +51,8 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
 @_opt("--max-message-bytes", default=_D.max_message_bytes, type=click.IntRange(min=64),
       help="Largest client message; a bigger one closes the connection with 1009.")  # fmt: skip
 @_opt("--write-buffer-high", default=_D.write_buffer_high, type=click.IntRange(min=1024),
-      help="Per-viewer write buffer high-water mark (bytes); over it, frames drop.")  # fmt: skip
+      help="Per-viewer write buffer high-water mark (bytes); over it, the viewer is caught "
+      "up from its rooms' logs once it drains.")  # fmt: skip
 @_opt("--slow-grace-s", default=_D.slow_grace_s, type=click.FloatRange(min=0),
       help="Over the high-water mark this long: closed with 4008 (resumable).")  # fmt: skip
 @_opt("--ping-interval-s", default=_D.ping_interval_s, type=click.FloatRange(min=0.1),

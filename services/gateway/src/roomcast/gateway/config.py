@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from roomcast.core.rooms import SUBJECT_PREFIX
+from roomcast.core.rooms import HISTORY_PREFIX, SUBJECT_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +17,10 @@ class GatewayConfig:
     metrics_port: int = 9465  # the group's /metrics, /healthz, /readyz; 0: off
     metrics_host: str = "127.0.0.1"
     subject_prefix: str = SUBJECT_PREFIX
+    stream: str = "ROOMCAST_ROOMS"  # the JetStream stream holding the rooms' history
+    history_prefix: str = HISTORY_PREFIX  # its subjects: HISTORY_PREFIX.ROOM
+    ring_blobs: int = 64  # recent blobs kept per active room (resumes, slow viewers)
+    max_replay_blobs: int = 1000  # a resume missing more is answered recovered:false
     max_viewers: int = 15_000  # per worker; the open-files limit (20,000 here) is the ceiling
     max_connects_per_s: float = 2_000.0  # per worker; over it: 503 + Retry-After before upgrade
     max_rooms_per_conn: int = 32

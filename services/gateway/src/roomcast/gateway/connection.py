@@ -37,9 +37,11 @@ from roomcast.core.protocol import (
     Leave,
     Ping,
     Pong,
+    Position,
     Refresh,
     encode_server_message,
     parse_client_message,
+    parse_since_param,
 )
 from roomcast.core.rooms import check_room
 from roomcast.gateway import metrics
@@ -73,7 +75,9 @@ class Viewer(asyncio.Protocol):
         "fd",
         "grant",
         "gw",
+        "lagging",
         "partial",
+        "paused",
         "ping_sent_at",
         "proto",
         "queued",
@@ -92,7 +96,9 @@ class Viewer(asyncio.Protocol):
         self.proto: ServerProtocol | None = None
         self.rooms: list[str] = []  # rooms this viewer is in (not counting _all)
         self.replies: list[bytes | PendingJoin] | None = None  # held behind a pending join
-        self.slow_since = 0.0  # > 0 while the write buffer is over the high-water mark
+        self.slow_since = 0.0  # > 0 from going over the high-water mark until caught up
+        self.paused = False  # the write buffer is over the high-water mark now
+        self.lagging = False  # off the live fan-out, caught up once the buffer drains
         self.deflate = False  # negotiated permessage-deflate: gets compressed blob frames
         self.fd = -1  # the socket's descriptor, for the hub's direct sends while OPEN
         self.queued = False  # the transport holds unsent bytes (the hub tracks it)
@@ -100,7 +106,8 @@ class Viewer(asyncio.Protocol):
         self.partial: bytes | None = None  # a fragmented client message being reassembled
         self.grant: Grant | None = None  # what its token allows (--auth jwt)
         self.exp = 0.0  # when that token expires (unix seconds)
-        self.waiting: tuple[str, ...] | None = None  # URL rooms, joined once `auth` comes
+        # URL rooms (and their `since`), joined once `auth` comes
+        self.waiting: tuple[tuple[str, Position | None], ...] | None = None
 
     # ---- asyncio.Protocol ---------------------------------------------------------------------
 
@@ -168,7 +175,7 @@ class Viewer(asyncio.Protocol):
         self.gw.hub.slow_down(self, time.monotonic())
 
     def resume_writing(self) -> None:
-        self.gw.hub.caught_up(self)
+        self.gw.caught_up(self)
 
     # ---- handshake ----------------------------------------------------------------------------
 
@@ -213,6 +220,19 @@ class Viewer(asyncio.Protocol):
         except RoomNameError as exc:
             metrics.REJECTED.labels("bad_room").inc()
             self._respond(HTTPStatus.BAD_REQUEST, f"bad room: {exc}\n".encode())
+            return
+        since: dict[str, Position] = {}
+        try:
+            for value in query.get("since", []):
+                room, position = parse_since_param(value)
+                if room not in rooms:
+                    raise ProtocolError(
+                        "bad_message", f"since for {room!r}, not a room= of the URL"
+                    )
+                since[room] = position
+        except ProtocolError as exc:
+            metrics.REJECTED.labels("bad_since").inc()
+            self._respond(HTTPStatus.BAD_REQUEST, f"bad since: {exc}\n".encode())
             return
         if len(set(rooms)) > gw.cfg.max_rooms_per_conn:
             metrics.REJECTED.labels("too_many_rooms").inc()
@@ -259,12 +279,12 @@ class Viewer(asyncio.Protocol):
         gw.viewer_open(self)
         if gw.auth is not None:
             if self.grant is None:  # the token is to come in an `auth` message
-                self.waiting = tuple(dict.fromkeys(rooms))
+                self.waiting = tuple((r, since.get(r)) for r in dict.fromkeys(rooms))
                 gw.await_auth(self)
                 return
             gw.authorized(self, 0.0)
         for room in dict.fromkeys(rooms):
-            gw.join(self, room)
+            gw.join(self, room, since.get(room))
 
     def _refuse(self, status: HTTPStatus, text: str) -> None:
         """Refuse the upgrade (403, 401, 429...); the connection closes after the answer."""
@@ -332,7 +352,7 @@ class Viewer(asyncio.Protocol):
                 )))  # fmt: skip
                 self.fail(CloseCode.TOO_MANY_ROOMS, "too many rooms")
             else:
-                gw.join(self, msg.room)
+                gw.join(self, msg.room, msg.position)
         elif isinstance(msg, Leave):
             gw.leave(self, msg.room)
         elif isinstance(msg, Ping):
@@ -357,9 +377,9 @@ class Viewer(asyncio.Protocol):
         gw.authorized(self, old_exp)
         gw.hub.reply(self, encode_server_message(Authorized(int(exp))))
         waiting, self.waiting = self.waiting, None
-        for room in waiting or ():
+        for room, position in waiting or ():
             if allowed(grant, room):
-                gw.join(self, room)
+                gw.join(self, room, position)
             else:
                 gw.hub.reply(self, encode_server_message(Error(
                     "forbidden", f"the token does not grant room {room}"

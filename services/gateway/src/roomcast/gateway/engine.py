@@ -11,20 +11,22 @@ several (two rooms, or push-to-all) gets them in one write.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from roomcast.core.blob import sequenced
 from roomcast.core.frames import Deflater
-from roomcast.core.protocol import CloseCode
+from roomcast.core.protocol import CloseCode, Position
 from roomcast.gateway import metrics
 from roomcast.gateway.auth import ClientAddress, Verifier, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
 from roomcast.gateway.deflate import SharedDeflateFactory
 from roomcast.gateway.feed import NatsFeed, RoomFeed
-from roomcast.gateway.hub import OPEN, Hub, Interest, Sender
+from roomcast.gateway.hub import OPEN, Counters, Hub, Interest, Sender
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -53,6 +55,9 @@ def choose_sender(mode: str, tls: bool = False) -> tuple[str, Sender | None]:
     return f"write (transport.write per viewer; io_uring: {why})", None
 
 
+READ_COALESCE_S = 0.05
+"""How long a room's history read waits for more resumes to serve with the same read."""
+
 Route = Callable[[str, str], tuple[int, bytes, str]]
 """A plain HTTP endpoint: (path, query string) -> (status, body, content type)."""
 
@@ -65,7 +70,9 @@ class Gateway:
         self.worker_id = worker_id
         deflater = Deflater(cfg.compress_level, cfg.compress_min_bytes) if cfg.compress else None
         self.fanout_path, sender = choose_sender(cfg.fanout, tls=bool(cfg.tls_cert))
-        self.hub: Hub[Viewer] = Hub(cfg.max_handshakes, deflater, sender)
+        self.hub: Hub[Viewer] = Hub(
+            cfg.max_handshakes, deflater, sender, cfg.ring_blobs, cfg.max_replay_blobs
+        )
         self.extensions = [SharedDeflateFactory()] if cfg.compress else None
         self.feed: RoomFeed = feed or NatsFeed(
             cfg.nats, cfg.subject_prefix, f"roomcast-gateway-{worker_id}", cfg
@@ -86,7 +93,12 @@ class Gateway:
         self.expiring: dict[int, set[Viewer]] = {}
         self.draining = False
         self.started = False  # the feed connected once: viewers may join
-        self._batch: list[tuple[str, bytes]] = []
+        self._batch: list[tuple[str, bytes, int, int]] = []  # room, blob, seq, prev
+        self._early: list[tuple[str, bytes, int, int]] = []  # sequenced, before the epoch is known
+        self._epoch_task: asyncio.Task[None] | None = None
+        self._reading: set[str] = set()  # rooms with a history read under way
+        self._filling: set[str] = set()  # rooms whose log waits for missing blobs
+        self._counted = Counters()  # the hub's counters as last exported
         self._produced: list[float] = []  # the batch's blobs' produce times (those that have one)
         self._flush_scheduled = False
         self._loop = asyncio.get_running_loop()
@@ -101,8 +113,11 @@ class Gateway:
         self.prefix_routes: list[tuple[str, Route]] = []
 
     async def connect(self) -> None:
+        if isinstance(self.feed, NatsFeed):
+            self.feed.on_reconnected = self._check_epoch
         await self.feed.start(self.on_blob)
         self.started = True
+        await self._load_epoch()
 
     @property
     def ready(self) -> bool:
@@ -110,9 +125,11 @@ class Gateway:
 
     # ---- blobs in, frames out (the hot path) --------------------------------------------------
 
-    def on_blob(self, room: str, data: bytes, produced: float = 0.0) -> None:
+    def on_blob(
+        self, room: str, data: bytes, produced: float = 0.0, seq: int = 0, prev: int = 0
+    ) -> None:
         metrics.NATS_MESSAGES.inc()
-        self._batch.append((room, data))
+        self._batch.append((room, data, seq, prev))
         if produced:
             self._produced.append(produced)
         if not self._flush_scheduled:
@@ -123,8 +140,39 @@ class Gateway:
         started = time.perf_counter()
         batch, self._batch = self._batch, []
         self._flush_scheduled = False
-        if self.hub.queued:
-            self.hub.drained()
+        hub = self.hub
+        if hub.queued:
+            hub.drained()
+        out: list[tuple[str, bytes]] = []
+        epoch = hub.epoch
+        for room, data, seq, prev in batch:
+            if not seq:  # not from the history: passed on as it is
+                out.append((room, data))
+                continue
+            if not epoch:
+                self._early.append((room, data, seq, prev))
+                self._check_epoch()
+                continue
+            log_ = hub.log_for(room)
+            if log_ is None:
+                continue  # no viewer here any more
+            entry = log_.offer(seq, prev, sequenced(data, epoch, seq, prev))
+            if entry is None:
+                metrics.BLOBS_DUPLICATE.inc()
+            elif entry is False:
+                if room not in self._filling:
+                    self._filling.add(room)
+                    self._spawn(self._fill(room))
+            else:
+                out.append((room, entry.data))
+        self._fanout(out, started)
+        for room, _ in out:
+            r = hub.rooms.get(room)
+            if r is not None and r.behind:
+                hub.settle_room(room)
+        self._service_history()
+
+    def _fanout(self, batch: list[tuple[str, bytes]], started: float) -> None:
         result = self.hub.fanout(batch)
         metrics.FRAMES_SENT.inc(result.sent)
         if result.deflated:
@@ -234,11 +282,18 @@ class Gateway:
         if self.hub.open(v):
             metrics.VIEWERS.set(len(self.hub.viewers))
 
-    def join(self, v: Viewer, room: str) -> None:
-        interest = self.hub.join(v, room)
+    def join(self, v: Viewer, room: str, since: Position | None = None) -> None:
+        interest = self.hub.join(v, room, since)
         if interest:
             self._apply(interest)
             metrics.ROOMS.set(len(self.hub.rooms))
+        if since is not None:
+            self._service_history()
+
+    def caught_up(self, v: Viewer) -> None:
+        """The viewer's write buffer drained (under the low-water mark)."""
+        self.hub.caught_up(v)
+        self._service_history()
 
     def leave(self, v: Viewer, room: str) -> None:
         interest = self.hub.leave(v, room)
@@ -285,6 +340,136 @@ class Gateway:
         if interest:
             self._apply(interest)
             metrics.ROOMS.set(len(self.hub.rooms))
+        self._service_history()
+
+    # ---- the history: epoch, reads for resumes and slow viewers, gaps -------------------------
+
+    async def _load_epoch(self) -> None:
+        try:
+            epoch = await self.feed.epoch()
+        except Exception as exc:  # NATS down, no permission: resumes answer recovered:false
+            log.warning("cannot read the history stream's info: %s", exc)
+            return
+        if epoch and epoch != self.hub.epoch:
+            if self.hub.epoch:
+                log.warning("the history was reset (new epoch): viewers are told to reload")
+            self.hub.new_epoch(epoch)
+        if self.hub.epoch and self._early:
+            early, self._early = self._early, []
+            self._batch[:0] = early
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+
+    def _check_epoch(self) -> None:
+        """Read the epoch again (after a NATS reconnect; blobs before it is known)."""
+        if self._epoch_task is None or self._epoch_task.done():
+            self._epoch_task = asyncio.ensure_future(self._load_epoch())
+
+    def _service_history(self) -> None:
+        """Start a read for every room whose waiting viewers need one (one at a time per room)."""
+        hub = self.hub
+        self._service_history_counters()
+        if not hub.want_history:
+            return
+        for room in list(hub.want_history):
+            if room not in self._reading:
+                self._reading.add(room)
+                self._spawn(self._read_history(room))
+
+    async def _read_history(self, room: str) -> None:
+        hub = self.hub
+        try:
+            # A burst of resumes (a whole worker's viewers coming back) arrives over a few
+            # milliseconds: one read from the oldest position among them serves them all.
+            await asyncio.sleep(READ_COALESCE_S)
+            while True:
+                request = hub.history_request(room)
+                if request is None:
+                    return
+                start, stop = request
+                found: list[tuple[int, bytes]] = []
+                connected = False
+                seq = start
+                limit = hub.max_replay_blobs + 1
+                try:
+                    while len(found) < limit:
+                        got = await self.feed.history(room, seq, min(256, limit - len(found)))
+                        if not got:
+                            connected = True  # the end of the room's history
+                            break
+                        stop = hub.history_head(room)  # live blobs may have come meanwhile
+                        for s, data in got:
+                            if stop is not None and s >= stop:
+                                connected = True
+                                break
+                            found.append((s, data))
+                        if connected:
+                            break
+                        seq = got[-1][0] + 1
+                except Exception as exc:
+                    log.warning("history read failed: %s; retrying", exc, extra={"room": room})
+                    await asyncio.sleep(1.0)
+                    continue
+                hub.history_read(room, start, found, connected)
+                self._service_history_counters()
+        finally:
+            self._reading.discard(room)
+            self._service_history()
+
+    async def _fill(self, room: str) -> None:
+        """Blobs of the room never arrived (a gap in the chain): read them from the history;
+        everything held behind them then goes out in order."""
+        hub = self.hub
+        metrics.HISTORY_GAPS.inc()
+        try:
+            while True:
+                log_ = hub.log_for(room)
+                if log_ is None or log_.gap() is None:
+                    return
+                gap = log_.gap()
+                assert gap is not None
+                start, stop = gap
+                found: list[tuple[int, bytes]] = []
+                try:
+                    seq = start
+                    while len(found) <= hub.max_replay_blobs:
+                        got = await self.feed.history(room, seq, 256)
+                        found += [(s, d) for s, d in got if s < stop]
+                        if not got or got[-1][0] >= stop - 1:
+                            break
+                        seq = got[-1][0] + 1
+                except Exception as exc:
+                    log.warning("reading missing blobs failed: %s; retrying", exc,
+                                extra={"room": room})  # fmt: skip
+                    await asyncio.sleep(1.0)
+                    continue
+                if hub.log_for(room) is not log_:
+                    return
+                entries, whole = log_.fill(found)
+                self._fanout([(room, e.data) for e in entries], time.perf_counter())
+                if not whole:
+                    log.warning("blobs missing from the history; viewers told to reload",
+                                extra={"room": room})  # fmt: skip
+                    hub.reset_room(room)
+                hub.settle_room(room)
+                self._service_history()
+                return
+        finally:
+            self._filling.discard(room)
+
+    def _service_history_counters(self) -> None:
+        """The hub's counters into the metrics (what changed since the last time)."""
+        now, last = self.hub.counters, self._counted
+        if now == last:
+            return
+        metrics.FRAMES_REPLAYED.labels("slow").inc(now.replayed_slow - last.replayed_slow)
+        metrics.FRAMES_REPLAYED.labels("resume").inc(now.replayed_resume - last.replayed_resume)
+        metrics.RESUMES.labels("true").inc(now.resumed - last.resumed)
+        metrics.RESUMES.labels("false").inc(now.not_recovered - last.not_recovered)
+        metrics.RESETS.inc(now.resets - last.resets)
+        metrics.HISTORY_READS.inc(now.history_reads - last.history_reads)
+        self._counted = dataclasses.replace(now)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -303,6 +488,7 @@ class Gateway:
             now = time.monotonic()
             hub = self.hub
             metrics.HANDSHAKES.set(len(hub.handshaking))
+            self._service_history_counters()
             metrics.READY.set(1 if self.ready else 0)
             late = hub.overdue_handshakes(now, cfg.handshake_timeout_s, cfg.handshake_idle_s)
             if late:

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import itertools
+import json
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -15,15 +18,17 @@ from typing import Any, Protocol
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
+from nats.js.errors import NotFoundError
 
 from roomcast.core.natsauth import nats_connect_options
-from roomcast.core.rooms import ALL_ROOM, room_subject, subject_room
+from roomcast.core.rooms import ALL_ROOM, HISTORY_PREFIX, room_subject, subject_room
 from roomcast.gateway.config import GatewayConfig
 
 log = logging.getLogger("roomcast.gateway")
 
-OnBlob = Callable[[str, bytes, float], None]
-"""(room, blob, when its oldest event was produced: Unix seconds, 0.0 if unknown)."""
+OnBlob = Callable[[str, bytes, float, int, int], None]
+"""(room, blob, when its oldest event was produced: Unix seconds, 0.0 if unknown, its `seq` in
+the history and the room's previous `seq`: 0, 0 for a blob that did not come from the history)."""
 
 PRODUCED_HEADER = "Roomcast-Produced-Ms"
 """Set by ingest on each blob: the Kafka timestamp (ms) of its oldest event."""
@@ -44,6 +49,29 @@ class RoomFeed(Protocol):
 
     async def close(self) -> None: ...
 
+    async def epoch(self) -> int:
+        """The history's epoch (its creation time, microseconds); 0 if there is none yet."""
+
+    async def history(self, room: str, start: int, limit: int) -> list[tuple[int, bytes]]:
+        """Up to `limit` stored blobs of the room, oldest first, from seq `start` on:
+        (seq, blob as stored). [] when there are none."""
+
+
+def _created_us(created: object) -> int:
+    """A stream's creation time (a datetime, or RFC 3339 text) in microseconds."""
+    if isinstance(created, str):
+        text = created.replace("Z", "+00:00")
+        if "." in text:  # Go prints nanoseconds; datetime takes at most microseconds
+            head, _, rest = text.partition(".")
+            digits = "".join(itertools.takewhile(str.isdigit, rest))
+            text = f"{head}.{digits[:6]:0<6}{rest[len(digits) :]}"
+        created = datetime.datetime.fromisoformat(text)
+    if isinstance(created, datetime.datetime):
+        if created.tzinfo is None:
+            created = created.replace(tzinfo=datetime.UTC)
+        return int(created.timestamp() * 1_000_000)
+    return 0
+
 
 class NatsFeed:
     """Core NATS subscriptions, one subject per room (`PREFIX.ROOM`), one connection per worker."""
@@ -54,6 +82,9 @@ class NatsFeed:
         self.servers = servers
         self.credentials = nats_connect_options(cfg) if cfg is not None else {}
         self.prefix = subject_prefix
+        self.stream = cfg.stream if cfg is not None else "ROOMCAST_ROOMS"
+        self.history_prefix = cfg.history_prefix if cfg is not None else HISTORY_PREFIX
+        self.on_reconnected: Callable[[], None] | None = None
         self.name = name
         self.nc: NATS | None = None
         self.subs: dict[str, Subscription] = {}
@@ -73,6 +104,8 @@ class NatsFeed:
 
         async def reconnected() -> None:
             log.info("NATS reconnected")
+            if self.on_reconnected is not None:
+                self.on_reconnected()
 
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %s", exc)
@@ -92,11 +125,15 @@ class NatsFeed:
 
     async def _on_msg(self, msg: Any) -> None:
         produced = 0.0
+        seq = prev = 0
         headers = msg.headers
         if headers:
             with contextlib.suppress(KeyError, ValueError):
                 produced = int(headers[PRODUCED_HEADER]) / 1000
-        self._on_blob(subject_room(msg.subject, self.prefix), msg.data, produced)  # type: ignore[misc]
+            if headers.get("Nats-Stream") == self.stream:  # republished by the history
+                with contextlib.suppress(KeyError, ValueError):
+                    seq, prev = int(headers["Nats-Sequence"]), int(headers["Nats-Last-Sequence"])
+        self._on_blob(subject_room(msg.subject, self.prefix), msg.data, produced, seq, prev)  # type: ignore[misc]
 
     async def subscribe(self, room: str) -> None:
         assert self.nc is not None
@@ -116,6 +153,43 @@ class NatsFeed:
             task = asyncio.ensure_future(sub.unsubscribe())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+
+    async def epoch(self) -> int:
+        assert self.nc is not None
+        try:
+            info = await self.nc.jetstream().stream_info(self.stream)
+        except NotFoundError:
+            return 0
+        return _created_us(info.created)
+
+    async def history(self, room: str, start: int, limit: int) -> list[tuple[int, bytes]]:
+        """One batched direct get (`next_by_subj`, `batch`): the replies end with a status
+        message (204: end of batch, 404: nothing at or after `start`)."""
+        nc = self.nc
+        assert nc is not None
+        inbox = nc.new_inbox()
+        sub = await nc.subscribe(inbox, pending_msgs_limit=limit + 8)
+        request = {"seq": max(1, start), "next_by_subj": f"{self.history_prefix}.{room}"}
+        request["batch"] = limit
+        out: list[tuple[int, bytes]] = []
+        try:
+            await nc.publish(
+                f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), reply=inbox
+            )
+            while len(out) < limit:
+                msg = await sub.next_msg(timeout=5.0)
+                headers = msg.headers or {}
+                if "Status" in headers or "Nats-Sequence" not in headers:
+                    status = headers.get("Status", "")
+                    if status not in ("204", "404"):
+                        why = headers.get("Description", "")
+                        raise RuntimeError(f"direct get on {self.stream}: {status} {why}")
+                    break
+                out.append((int(headers["Nats-Sequence"]), msg.data))
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return out
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -29,8 +29,9 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from roomcast.core.frames import Deflater, text_frame
-from roomcast.core.protocol import Joined, Left, encode_server_message
+from roomcast.core.protocol import Joined, Left, Position, Reset, encode_server_message
 from roomcast.core.rooms import ALL_ROOM
+from roomcast.gateway.history import UNKNOWN, Entry, RoomLog
 
 
 class ViewerState(enum.Enum):
@@ -63,7 +64,10 @@ class Peer(Protocol):
 
     state: ViewerState
     rooms: list[str]  # the rooms it is in (not counting push-to-all)
-    slow_since: float  # > 0 while its write buffer is over the high-water mark
+    slow_since: float  # > 0 from when its write buffer went over the high-water mark until
+    # it has caught up again
+    paused: bool  # its write buffer is over the high-water mark right now
+    lagging: bool  # slow: out of its rooms' live fan-out, to be caught up from their logs
     deflate: bool  # negotiated permessage-deflate: gets the compressed frame
     fd: int  # the socket's descriptor (for a Sender), valid while the viewer is OPEN
     queued: bool  # its transport holds unsent bytes: no direct send may overtake them
@@ -79,11 +83,13 @@ class Peer(Protocol):
 P = TypeVar("P", bound=Peer)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True, eq=False)
 class PendingJoin:
-    """A `joined` owed to a viewer once its room's subscription is confirmed."""
+    """A `joined` owed to a viewer once its room's subscription is confirmed (and, for a
+    resume, once the room's log reaches back to `since`)."""
 
     room: str
+    since: Position | None = None
 
 
 @dataclass(slots=True, eq=False)
@@ -105,6 +111,12 @@ class Room(Generic[P]):
     deflated_fds: array[int] = field(default_factory=lambda: array("i"))
     plain_viewers: list[P] = field(default_factory=list)
     deflated_viewers: list[P] = field(default_factory=list)
+    # The room's recent blobs (None until its first blob with a history position), and its
+    # viewers that are not on the live fan-out: resuming (a join with `since`) or slow, each
+    # with the seq of the last blob it has. `tried`: a history read already covered them.
+    log: RoomLog | None = None
+    behind: dict[P, int] = field(default_factory=dict)
+    tried: set[P] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -130,6 +142,18 @@ class FanoutResult(Generic[P]):
     interest: Interest = field(default_factory=Interest)
 
 
+@dataclass(slots=True)
+class Counters:
+    """What the hub did that the shell turns into metrics (cumulative)."""
+
+    replayed_slow: int = 0  # frames a slow viewer was caught up with
+    replayed_resume: int = 0  # frames sent to resuming viewers before they went live
+    resumed: int = 0  # joins with `since` answered recovered:true
+    not_recovered: int = 0  # ... answered recovered:false
+    resets: int = 0  # `reset` messages: blobs a viewer could not be given
+    history_reads: int = 0  # rooms' history reads (one serves every viewer waiting on it)
+
+
 class Hub(Generic[P]):
     """One worker's viewers and rooms. Single-threaded by design (one asyncio loop per worker)."""
 
@@ -138,8 +162,19 @@ class Hub(Generic[P]):
         max_handshakes: int = 1024,
         deflater: Deflater | None = None,
         sender: Sender | None = None,
+        ring_blobs: int = 64,
+        max_replay_blobs: int = 1000,
     ) -> None:
         self.max_handshakes = max_handshakes
+        self.ring_blobs = ring_blobs
+        self.max_replay_blobs = max_replay_blobs
+        self.epoch = 0  # the history's epoch (0: unknown, no resume possible)
+        self.all_log = RoomLog(0, ring_blobs)  # push-to-all's recent blobs
+        self.all_behind: dict[P, int] = {}  # slow viewers' position in push-to-all
+        self.want_history: set[str] = set()  # rooms whose waiting viewers need a history read
+        self.counters = Counters()
+        self._fanning = False
+        self._newly_slow: list[P] = []
         self.deflater = deflater  # None: never compress
         # None: every frame goes through its viewer's transport.write. Else bare rooms' frames go
         # to their viewers' descriptors in one call; what a descriptor did not take is handed to
@@ -201,6 +236,7 @@ class Hub(Generic[P]):
             self.viewers.discard(v)
             self.slow.discard(v)
             self.queued.discard(v)
+            self.all_behind.pop(v, None)
             for name in v.rooms:
                 self._remove(v, name, interest)
             v.rooms = []
@@ -209,10 +245,12 @@ class Hub(Generic[P]):
 
     # ---- rooms --------------------------------------------------------------------------------
 
-    def join(self, v: P, name: str) -> Interest | None:
+    def join(self, v: P, name: str, since: Position | None = None) -> Interest | None:
         """Add an OPEN viewer to a room; None (and nothing changes) if it is not OPEN.
 
         The `joined` ack is sent now if the room's subscription is live, else once `subscribed`.
+        With `since` (a resume) the viewer stays off the live fan-out until it has been sent
+        every blob after that position (`joined` says `recovered`), or told it cannot be.
         """
         if v.state is not OPEN:
             return None
@@ -220,29 +258,35 @@ class Hub(Generic[P]):
         room = self.rooms.get(name)
         if name in v.rooms and room is not None:  # joined again: ack again, in order
             if room.subscribed:
-                self.reply(v, encode_server_message(Joined(name)))
+                ack = Joined(name) if since is None else Joined(name, True)
+                self.reply(v, encode_server_message(ack))
             else:
-                self._owe_join(v, room)
+                self._owe_join(v, room, None)
             return interest
         if room is None:
             room = self.rooms[name] = Room(name)
         v.rooms.append(name)
-        room.viewers.add(v)
+        if since is None:
+            room.viewers.add(v)
+        else:
+            room.behind[v] = since.seq
         self._changed(v)
-        if room.subscribed:
+        if room.subscribed and since is None:
             self.reply(v, encode_server_message(Joined(name)))
         else:
-            self._owe_join(v, room)
-            if not room.subscribing:
+            self._owe_join(v, room, since)
+            if room.subscribed:
+                self._settle(v)
+            elif not room.subscribing:
                 room.subscribing = True
                 interest.subscribe.append(name)
         return interest
 
-    def _owe_join(self, v: P, room: Room[P]) -> None:
+    def _owe_join(self, v: P, room: Room[P], since: Position | None) -> None:
         room.waiting.append(v)
         if v.replies is None:
             v.replies = []
-        v.replies.append(PendingJoin(room.name))
+        v.replies.append(PendingJoin(room.name, since))
 
     def leave(self, v: P, name: str) -> Interest:
         """Take a viewer out of a room (if it is in it) and ack with `left`, in request order."""
@@ -253,7 +297,7 @@ class Hub(Generic[P]):
             v.rooms.remove(name)
             self._changed(v)
             self._remove(v, name, interest)
-            self._settle(v, name)  # a join still owed is answered first: joined, then left
+            self._settle(v)  # a join still owed is answered first: joined, then left
         self.reply(v, encode_server_message(Left(name)))
         return interest
 
@@ -262,10 +306,12 @@ class Hub(Generic[P]):
         if room is None:
             return
         room.viewers.discard(v)
+        room.behind.pop(v, None)
+        room.tried.discard(v)
         room.plain = None
         if v in room.waiting:
             room.waiting = [w for w in room.waiting if w is not v]
-        if not room.viewers and not room.subscribing:
+        if not room.viewers and not room.behind and not room.subscribing:
             del self.rooms[name]
             if room.subscribed:
                 interest.unsubscribe.append(name)
@@ -278,13 +324,12 @@ class Hub(Generic[P]):
             return interest
         room.subscribing = False
         room.subscribed = True
-        if not room.viewers:  # everyone left while it was being set up
+        if not room.viewers and not room.behind:  # everyone left while it was being set up
             del self.rooms[name]
             interest.unsubscribe.append(name)
             return interest
-        waiting, room.waiting = room.waiting, []
-        for v in waiting:
-            self._settle(v, name)
+        for v in list(room.waiting):
+            self._settle(v)
         return interest
 
     def subscribe_failed(self, name: str) -> list[P]:
@@ -293,7 +338,7 @@ class Hub(Generic[P]):
         if room is None:
             return []
         room.subscribing = False
-        victims = list(room.viewers)
+        victims = list(room.viewers) + list(room.behind)
         for v in victims:
             v.rooms.remove(name)
             self._changed(v)
@@ -317,44 +362,285 @@ class Hub(Generic[P]):
         """The viewer has MAX_HELD_REPLIES replies held behind a join: it must be closed."""
         return v.replies is not None and len(v.replies) >= MAX_HELD_REPLIES
 
-    def _settle(self, v: P, room: str) -> None:
-        """Joins of `room` are confirmed (or moot): send what is now in order to send."""
+    def _settle(self, v: P) -> None:
+        """Send the viewer's held replies that are now in order to send: up to the first join
+        whose room is not subscribed yet, or whose resume waits on a history read."""
         replies = v.replies
         if replies is None:
             return
-        ack = None
-        for i, r in enumerate(replies):
-            if isinstance(r, PendingJoin) and r.room == room:
-                ack = ack or encode_server_message(Joined(room))
-                replies[i] = ack
-        if ack is None:
-            return
         n = 0
-        for r in replies:
+        while n < len(replies) and v.state is OPEN:
+            r = replies[n]
             if isinstance(r, PendingJoin):
-                break
+                room = self.rooms.get(r.room)
+                if room is not None and r.room in v.rooms:
+                    if not room.subscribed:
+                        break
+                    if r.since is not None:
+                        if not self._resume(v, room, r.since):
+                            break
+                        self._done_waiting(v, room)
+                        n += 1
+                        continue
+                    self._done_waiting(v, room)
+                v.send(encode_server_message(Joined(r.room)))  # (or moot: left meanwhile)
+            else:
+                v.send(r)
             n += 1
-        ready = [r for r in replies[:n] if isinstance(r, bytes)]
         del replies[:n]
-        if not replies:
+        if not replies and v.replies is replies:
             v.replies = None
-        for message in ready:
-            v.send(message)
+
+    @staticmethod
+    def _done_waiting(v: P, room: Room[P]) -> None:
+        waiting = room.waiting
+        for i, w in enumerate(waiting):
+            if w is v:
+                del waiting[i]
+                return
+
+    # ---- resume: a join with `since` ----------------------------------------------------------
+
+    def _resume(self, v: P, room: Room[P], since: Position) -> bool:
+        """Answer a resume if it can be answered now: `joined` with `recovered`, the blobs
+        after `since`, then the live fan-out. False if it waits on a history read."""
+        log = room.log
+        entries: list[Entry] | None = None
+        if self.epoch and since.epoch == self.epoch:
+            entries = log.after(since.seq) if log is not None else None
+            if entries is None and v not in room.tried:
+                self.want_history.add(room.name)
+                return False
+            if entries is not None and len(entries) > self.max_replay_blobs:
+                entries = None
+        if entries is None:
+            self.counters.not_recovered += 1
+            oldest = self._oldest(room)
+            v.send(encode_server_message(Joined(room.name, False, oldest)))
+        else:
+            self.counters.resumed += 1
+            v.send(encode_server_message(Joined(room.name, True)))
+            self.counters.replayed_resume += self._write_entries(v, entries)
+        self._go_live(v, room)
+        return True
+
+    def _oldest(self, room: Room[P]) -> str | None:
+        log = room.log
+        if log is None or not log.entries:
+            return None
+        return f"{log.epoch}:{log.entries[0].seq}"
+
+    def _write_entries(self, v: P, entries: list[Entry]) -> int:
+        """Blobs of a room's log to one viewer, in one write. Returns how many."""
+        if not entries or v.state is not OPEN:
+            return 0
+        deflater, deflate = self.deflater, v.deflate
+        data = b"".join([e.frame(deflater, deflate) for e in entries])
+        try:
+            v.transport.write(data)  # type: ignore[union-attr]
+        except Exception:
+            return 0  # the connection is going: connection_lost closes it
+        if self.sender is not None and v.transport.get_write_buffer_size():  # type: ignore[union-attr]
+            self.mark_queued(v)
+        return len(entries)
+
+    def _go_live(self, v: P, room: Room[P]) -> None:
+        """Caught up in `room`: on its live fan-out (or, if it has just become slow again, at
+        the room's newest position, to be caught up once it drains)."""
+        room.tried.discard(v)
+        if v.lagging and room.log is not None and room.log.last != UNKNOWN:
+            room.behind[v] = room.log.last
+            return
+        room.behind.pop(v, None)
+        room.viewers.add(v)
+        room.plain = None
+
+    # ---- the history: logs, reads, resets -----------------------------------------------------
+
+    def log_for(self, name: str) -> RoomLog | None:
+        """The log of a room with local viewers (made on its first blob), push-to-all's for
+        `_all`; None if the room has no viewer here."""
+        if name == ALL_ROOM:
+            return self.all_log
+        room = self.rooms.get(name)
+        if room is None:
+            return None
+        if room.log is None:
+            room.log = RoomLog(self.epoch, self.ring_blobs)
+        return room.log
+
+    def history_request(self, name: str) -> tuple[int, int | None] | None:
+        """What to read from the room's history for the viewers waiting in it: (first seq,
+        seq to stop before, or None: read to the end); None if nobody needs a read."""
+        self.want_history.discard(name)
+        room = self.rooms.get(name)
+        if room is None or not room.subscribed:
+            return None
+        log = room.log
+        need = [
+            seq
+            for v, seq in room.behind.items()
+            if v not in room.tried and (log is None or log.after(seq) is None)
+        ]
+        if not need:
+            return None
+        head = log.first if log is not None and log.entries else UNKNOWN
+        return min(need), (None if head == UNKNOWN else head)
+
+    def history_head(self, name: str) -> int | None:
+        """Where a read for the room must stop (its log's oldest blob): None: not known yet."""
+        room = self.rooms.get(name)
+        if room is None or room.log is None or not room.log.entries:
+            return None
+        return room.log.first
+
+    def history_read(
+        self, name: str, start: int, found: list[tuple[int, bytes]], connected: bool
+    ) -> None:
+        """A history read for the room is done: `found` (seq, blob as stored) from `start`
+        on, `connected`: it reached the room's log (or the end of the history), so it is
+        prepended. Then every viewer it covered is answered or caught up."""
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        self.counters.history_reads += 1
+        log = self.log_for(name)
+        assert log is not None
+        if connected:
+            log.prepend(found, self.max_replay_blobs + log.size)
+        stored = {seq for seq, _ in found}
+        for v, seq in room.behind.items():
+            if seq < start or (not connected and seq != start):
+                continue
+            if seq > log.last and seq in stored:
+                continue  # newer than our live blobs: it will be answered once they arrive
+            room.tried.add(v)
+        for v in list(room.behind):
+            if v.lagging and v not in room.waiting:
+                self._catch_up(v)
+            elif v.replies is not None:
+                self._settle(v)
+        if not room.behind:
+            log.trim()
+
+    def settle_room(self, name: str) -> None:
+        """Blobs were added to the room's log: resumes waiting for them may go on."""
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        for v in list(room.waiting):
+            if v in room.behind:
+                self._settle(v)
+        for v in list(room.behind):
+            if v.lagging and not v.paused and v not in room.waiting:
+                self._catch_up(v)
+
+    def reset_room(self, name: str) -> None:
+        """The room's log skipped blobs the history no longer had: tell its viewers."""
+        room = self.rooms.get(name)
+        if room is None:
+            return
+        message = encode_server_message(Reset(name, self._oldest(room)))
+        for v in list(room.viewers):
+            self.counters.resets += 1
+            self.reply(v, message)
+
+    def new_epoch(self, epoch: int) -> None:
+        """The history is another one now (first known, or reset): logs start again, and
+        viewers already in rooms are told that what came before cannot be resumed."""
+        old, self.epoch = self.epoch, epoch
+        self.all_log.reset(epoch)
+        for name, room in self.rooms.items():
+            if room.log is not None:
+                room.log.reset(epoch)
+            if old:
+                self.reset_room(name)
 
     # ---- slow viewers -------------------------------------------------------------------------
 
     def slow_down(self, v: P, now: float) -> None:
-        """The viewer's write buffer went over the high-water mark: its frames drop from now."""
-        if v.state is OPEN and not v.slow_since:
+        """The viewer's write buffer went over the high-water mark: it leaves the live fan-out
+        of its rooms (after the fan-out under way, which it still gets) and will be caught up
+        from their logs once it drains."""
+        if v.state is not OPEN:
+            return
+        v.paused = True
+        if not v.slow_since:
             v.slow_since = now
             self.slow.add(v)
-            self._changed(v)
+        if self._fanning:
+            self._newly_slow.append(v)
+        else:
+            self._lag(v)
+
+    def _lag(self, v: P) -> None:
+        if v.state is not OPEN:
+            return
+        v.lagging = True
+        for name in v.rooms:
+            room = self.rooms.get(name)
+            if room is None or v not in room.viewers:
+                continue
+            log = room.log
+            if log is not None and log.last != UNKNOWN:
+                room.viewers.discard(v)
+                room.behind[v] = log.last
+            room.plain = None  # else it stays, skipped while lagging: no position to resume
+        if self.all_log.last != UNKNOWN:
+            self.all_behind.setdefault(v, self.all_log.last)
 
     def caught_up(self, v: P) -> None:
-        if v.slow_since:
+        """The viewer's write buffer drained: send it what it missed, then back to live."""
+        v.paused = False
+        if v.lagging:
+            self._catch_up(v)
+        elif v.slow_since:
             v.slow_since = 0.0
             self.slow.discard(v)
-            self._changed(v)
+
+    def _catch_up(self, v: P) -> None:
+        if v.state is not OPEN or v.paused:
+            return
+        for name in list(v.rooms):
+            room = self.rooms.get(name)
+            if room is None or v not in room.behind or v in room.waiting:
+                continue
+            log = room.log
+            seq = room.behind[v]
+            entries = log.after(seq) if log is not None else None
+            if entries is None:
+                if v not in room.tried:
+                    self.want_history.add(name)
+                    continue
+                self.counters.resets += 1  # the history no longer has what it missed
+                v.send(encode_server_message(Reset(name, self._oldest(room))))
+            else:
+                self.counters.replayed_slow += self._write_entries(v, entries)
+            self._go_live(v, room)
+            if v.paused:
+                return
+        all_seq = self.all_behind.get(v)
+        if all_seq is not None:
+            entries = self.all_log.after(all_seq)
+            if entries is None:
+                self.counters.resets += 1
+                v.send(encode_server_message(Reset(ALL_ROOM, None)))
+            else:
+                self.counters.replayed_slow += self._write_entries(v, entries)
+            if v.paused:
+                self.all_behind[v] = self.all_log.last
+                return
+            del self.all_behind[v]
+        if v.state is not OPEN or any(
+            v in r.behind and v not in r.waiting
+            for r in (self.rooms.get(n) for n in v.rooms)
+            if r is not None
+        ):
+            return
+        v.lagging = False
+        v.slow_since = 0.0
+        self.slow.discard(v)
+        self._changed(v)
 
     def overdue_slow(self, now: float, grace_s: float) -> list[P]:
         """Viewers slow for longer than the grace period (to be closed with 4008)."""
@@ -385,14 +671,32 @@ class Hub(Generic[P]):
         (reported in `broken`); everyone else still gets the frame.
         """
         result: FanoutResult[P] = FanoutResult()
+        self._fanning = True
+        try:
+            self._fanout(batch, result)
+        finally:
+            self._fanning = False
+        if self._newly_slow:  # off the live fan-out now that everyone has had this turn's blobs
+            newly, self._newly_slow = self._newly_slow, []
+            for v in newly:
+                self._lag(v)
+        if result.broken:
+            result.broken = list(dict.fromkeys(result.broken))
+            for v in result.broken:
+                self._close_broken(v, result)
+        return result
+
+    def _fanout(self, batch: list[tuple[str, bytes]], result: FanoutResult[P]) -> None:
         if len(batch) == 1 and batch[0][0] != ALL_ROOM:
             name, data = batch[0]
             room = self.rooms.get(name)
             if room is None:
-                return result
+                return
             if not _is_utf8(data):
                 result.rejected = 1
-                return result
+                return
+            if room.behind:
+                result.dropped += sum(1 for v in room.behind if v.lagging)
             frame = text_frame(data)
             if room.plain is None:
                 self._writers(room)
@@ -402,11 +706,6 @@ class Hub(Generic[P]):
                 self._write_viewers(room.viewers, frame, data, result)
         else:
             self._fanout_many(batch, result)
-        if result.broken:
-            result.broken = list(dict.fromkeys(result.broken))
-            for v in result.broken:
-                self._close_broken(v, result)
-        return result
 
     def _write_bare(
         self, room: Room[P], frame: bytes, data: bytes, result: FanoutResult[P]
@@ -531,8 +830,8 @@ class Hub(Generic[P]):
         is in the turn) are gathered there, to go out in one write each."""
         zframe = None
         for v in viewers:
-            if v.slow_since:
-                result.dropped += 1
+            if v.lagging:
+                result.dropped += 1  # (caught up from the log once it drains, if it has one)
                 continue
             out = frame
             if v.deflate:
@@ -577,6 +876,8 @@ class Hub(Generic[P]):
             if not _is_utf8(data):
                 result.rejected += 1
                 continue
+            if room is not None and room.behind:
+                result.dropped += sum(1 for v in room.behind if v.lagging)
             frame = text_frame(data)
             if room is not None and not has_all:
                 if room.plain is None:
@@ -617,7 +918,7 @@ class Hub(Generic[P]):
         """Work out the room's bare-loop lists (plain and deflate viewers apart): writers, or
         with a Sender the descriptors (viewers with queued bytes are not bare)."""
         vs = room.viewers
-        room.bare = all(not v.slow_since and not v.queued and len(v.rooms) == 1 for v in vs)
+        room.bare = all(not v.lagging and not v.queued and len(v.rooms) == 1 for v in vs)
         plain = [v for v in vs if not v.deflate] if room.bare else []
         deflated = [v for v in vs if v.deflate] if room.bare else []
         if self.sender is not None:

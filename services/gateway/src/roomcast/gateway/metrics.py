@@ -49,6 +49,41 @@ FRAMES_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+FRAMES_REPLAYED = Counter(
+    "roomcast_gateway_frames_replayed",
+    "Frames sent from a room's log or history rather than live: to a slow viewer that drained "
+    "(reason=slow; matches what was dropped for it) or to a resuming viewer (reason=resume)",
+    ["reason"],
+    registry=REGISTRY,
+)
+RESUMES = Counter(
+    "roomcast_gateway_resumes",
+    "Joins with `since`, by whether every blob after that position could be sent",
+    ["recovered"],
+    registry=REGISTRY,
+)
+RESETS = Counter(
+    "roomcast_gateway_resets",
+    "`reset` messages: blobs of a room a viewer could not be given (no longer in the history)",
+    registry=REGISTRY,
+)
+HISTORY_READS = Counter(
+    "roomcast_gateway_history_reads",
+    "Reads of a room's history (JetStream) for resuming or slow viewers; one serves every viewer "
+    "waiting in that room",
+    registry=REGISTRY,
+)
+HISTORY_GAPS = Counter(
+    "roomcast_gateway_history_gaps",
+    "Times a room's chain of blobs had a hole (a blob lost between NATS and this worker), filled "
+    "from the history",
+    registry=REGISTRY,
+)
+BLOBS_DUPLICATE = Counter(
+    "roomcast_gateway_blobs_duplicate",
+    "Blobs received twice (already in the room's log): dropped",
+    registry=REGISTRY,
+)
 COALESCED_WRITES = Counter(
     "roomcast_gateway_coalesced_writes_total",
     "Writes that carried several frames to one viewer (several rooms or push-to-all in one turn)",
