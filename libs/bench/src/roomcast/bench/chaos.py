@@ -55,6 +55,7 @@ class Options:
     kafka_brokers: int = 3  # 3 KRaft nodes fit: ~370 MiB each, 0.16 cores idle for the three
     partitions: int = 8
     settle_s: float = 60.0  # bound on the drain after the producer stops
+    client: str = ""  # the viewers: "sdk" (the default where it is installed) or "plain"
 
 
 SHORT = Options(
@@ -550,6 +551,15 @@ SCENARIOS = [
 ]
 
 
+def default_client() -> str:
+    """The SDK's `subscribe()` where this roomcast has it, else the plain viewer."""
+    try:
+        from roomcast.client import subscribe  # noqa: F401
+    except ImportError:
+        return "plain"
+    return "sdk"
+
+
 def viewer_specs(prefix: str, viewers: int, rooms: list[str], slow: bool) -> list[ViewerSpec]:
     """Viewer i watches room i mod R, every third one a second room too; homes alternate."""
     specs = []
@@ -581,7 +591,9 @@ def run_scenario(
     specs = viewer_specs(sc.name, count, rooms, sc.slow)
     processes = max(1, -(-count // opts.viewers_per_process))
     result: dict[str, Any] = {"name": sc.name, "viewers": count}
-    with ViewerProcesses(specs, cluster.gateway_ports, processes) as viewers:
+    client = opts.client or default_client()
+    result["client"] = client
+    with ViewerProcesses(specs, cluster.gateway_ports, processes, client) as viewers:
         run = Run(cluster, viewers, opts, progress)
 
         def joined() -> bool:

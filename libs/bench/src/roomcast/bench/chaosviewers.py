@@ -1,10 +1,15 @@
 """Checked viewers for `roomcast bench chaos`, many per process, in several processes.
 
-Each viewer is a plain WebSocket client that behaves as the protocol asks of an app's client
-(docs/protocol.md): it joins its rooms, applies the dedup rule to every blob, keeps each room's
-position (`EPOCH:SEQ` of the last blob) and hands it back as `since` on every reconnect, to its
-own gateway first and to the other one if that one refuses. What it gets goes into one
-`checker.RoomLog` per room and one latency histogram per process; nothing is judged here.
+Two kinds of viewer, chosen per run (`client`):
+
+- `sdk`: the Python SDK, `roomcast.client.subscribe()`, as an app uses it: it resumes, drops
+  repeats and says when a room lost continuity; the app only points it at the other gateway
+  (`Subscription.url`) when an attempt fails or its gateway drains (what a load balancer would do);
+- `plain`: a bare WebSocket client doing the same by hand (join, dedup rule, `since` on every
+  reconnect), to tell a defect of the SDK from one of the servers.
+
+What a viewer gets goes into one `checker.RoomLog` per room and one latency histogram per
+process; nothing is judged here.
 
 The parent drives each process through a pipe (`ViewerProcesses`), as `loadclient` does.
 """
@@ -51,6 +56,8 @@ class ViewerSpec:
 
 
 class _Viewer:
+    """The plain viewer (and the state both kinds share)."""
+
     def __init__(self, spec: ViewerSpec, proc: _Process) -> None:
         self.spec = spec
         self.proc = proc
@@ -118,6 +125,26 @@ class _Viewer:
             # Jittered backoff: a whole process's viewers must not come back in one burst.
             await asyncio.sleep(random.uniform(0.05, 0.3) * min(8, 2**failures))
 
+    def connected(self) -> bool:
+        return self.ws is not None
+
+    def live(self) -> bool:
+        return self.ws is not None and len(self.joined) == len(self.spec.rooms)
+
+    def abort(self) -> None:
+        if self.ws is not None:
+            self.ws.transport.abort()
+
+    def record(self, room: str, events: Any, now: float) -> None:
+        log = self.logs.get(room)
+        if log is None:
+            return
+        lat = self.proc.latencies[self.spec.group]
+        for value in events:
+            ev = _event.decode(value)
+            log.event(ev.n, now)
+            lat.add(ev.t, now)
+
     async def _paused(self) -> None:
         """Stop reading until `paused_until` (the socket fills up; the gateway sees a slow
         viewer)."""
@@ -136,11 +163,7 @@ class _Viewer:
                 return
             if blob.epoch:
                 self.positions[blob.room] = f"{blob.epoch}:{blob.seq}"
-            lat = self.proc.latencies[self.spec.group]
-            for _, value in self.dedup.fresh(blob):
-                ev = _event.decode(value)
-                log.event(ev.n, now)
-                lat.add(ev.t, now)
+            self.record(blob.room, [value for _, value in self.dedup.fresh(blob)], now)
             return
         msg = _kind.decode(data)
         kind, room = msg.get("type"), msg.get("room")
@@ -156,6 +179,67 @@ class _Viewer:
             self.errors.append(f"error message: {data[:200]!r}")
 
 
+class _SdkViewer(_Viewer):
+    """A viewer that is `roomcast.client.subscribe()`, iterated as an app does."""
+
+    def __init__(self, spec: ViewerSpec, proc: _Process) -> None:
+        super().__init__(spec, proc)
+        self.sub: Any = None
+        self.state = "connecting"
+
+    def connected(self) -> bool:
+        return self.sub is not None and self.sub.connection is not None
+
+    def live(self) -> bool:
+        return self.connected() and self.state == "live"
+
+    def abort(self) -> None:
+        """A network loss (TCP reset): the SDK backs off and resumes on its own."""
+        ws = self.sub.connection if self.sub is not None else None
+        if ws is not None:
+            ws.transport.abort()
+
+    async def run(self) -> None:
+        from roomcast.client import Status, subscribe
+        from roomcast.core.blob import Blob
+        from roomcast.core.protocol import Joined, Reset
+
+        urls = [f"ws://127.0.0.1:{port}/ws" for port in self.proc.ports]
+        gw = self.spec.home
+
+        def on_status(st: Status) -> None:
+            nonlocal gw
+            self.state = st.state
+            if st.state == "connecting" and st.error and (not st.lost or "1012" in st.error):
+                gw += 1  # refused, down or draining: the other gateway, as a balancer would
+                sub.url = urls[gw % len(urls)]
+            elif st.state in ("recovering", "live"):
+                self.connects += 1 if st.state == "recovering" or not self.joined_at else 0
+                if st.state == "live":
+                    self.joined_at = time.time()
+
+        sub = self.sub = subscribe(
+            urls[gw % len(urls)], self.spec.rooms, messages=True, on_status=on_status
+        )
+        try:
+            async with sub:
+                async for item in sub:
+                    if self.paused_until:
+                        await self._paused()
+                    if isinstance(item, Blob):
+                        self.record(item.room, item.events, time.time())
+                    elif isinstance(item, Joined):
+                        if item.recovered is False and item.room in self.logs:
+                            self.logs[item.room].told_recovered_false()
+                    elif isinstance(item, Reset) and item.room in self.logs:
+                        self.logs[item.room].told_reset()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the SDK gave up: a viewer that stopped, reported
+            if len(self.errors) < 20:
+                self.errors.append(f"subscription ended: {type(exc).__name__}: {exc}")
+
+
 class _Process:
     """One process's viewers."""
 
@@ -165,11 +249,12 @@ class _Process:
         self.stopping = False
         self.latencies: dict[str, Latencies] = {"main": Latencies(), "slow": Latencies()}
 
-    def start(self, specs: list[ViewerSpec], ports: list[int]) -> None:
+    def start(self, specs: list[ViewerSpec], ports: list[int], client: str) -> None:
         self.ports = ports
         loop = asyncio.get_running_loop()
+        kind = _SdkViewer if client == "sdk" else _Viewer
         for spec in specs:
-            v = _Viewer(spec, self)
+            v = kind(spec, self)
             v.task = loop.create_task(v.run())
             self.viewers.append(v)
 
@@ -184,12 +269,8 @@ class _Process:
             )
         return {
             "viewers": len(self.viewers),
-            "connected": sum(1 for v in self.viewers if v.ws is not None),
-            "joined": sum(
-                1
-                for v in self.viewers
-                if v.joined_at and v.ws is not None and len(v.joined) == len(v.spec.rooms)
-            ),
+            "connected": sum(1 for v in self.viewers if v.connected()),
+            "joined": sum(1 for v in self.viewers if v.joined_at and v.live()),
             "last_joined_at": max((v.joined_at for v in self.viewers), default=0.0),
             "rooms_with_data": sum(
                 1 for v in self.viewers for lg in v.logs.values() if lg.first >= 0
@@ -211,8 +292,7 @@ class _Process:
         """Abort every connection at once (TCP reset); each viewer comes back and resumes."""
         t = time.time()
         for v in self.viewers:
-            if v.ws is not None:
-                v.ws.transport.abort()
+            v.abort()
         return t
 
     async def stop(self) -> None:
@@ -246,7 +326,7 @@ async def _serve(conn: Connection) -> None:
     while True:
         cmd, arg = await commands.get()
         if cmd == "start":
-            proc.start(arg["specs"], arg["ports"])
+            proc.start(arg["specs"], arg["ports"], arg["client"])
             conn.send(None)
         elif cmd == "stats":
             conn.send(proc.stats(arg))
@@ -275,7 +355,9 @@ def _main(conn: Connection) -> None:
 class ViewerProcesses:
     """Viewers spread over `processes` processes (started now, stopped by `close`)."""
 
-    def __init__(self, specs: Sequence[ViewerSpec], ports: list[int], processes: int) -> None:
+    def __init__(
+        self, specs: Sequence[ViewerSpec], ports: list[int], processes: int, client: str = "sdk"
+    ) -> None:
         ctx = mp.get_context("spawn")
         self.count = max(1, min(processes, len(specs)))
         self._pipes: list[Connection] = []
@@ -288,7 +370,8 @@ class ViewerProcesses:
             self._pipes.append(parent)
             self._procs.append(p)
         for i, pipe in enumerate(self._pipes):
-            pipe.send(("start", {"specs": list(specs[i :: self.count]), "ports": ports}))
+            share = list(specs[i :: self.count])
+            pipe.send(("start", {"specs": share, "ports": ports, "client": client}))
         for pipe in self._pipes:
             pipe.recv()
 

@@ -475,6 +475,8 @@ def _scenario_list(
 @click.option("--calm-s", type=click.FloatRange(1), help="Steady load before each fault.")
 @click.option("--after-s", type=click.FloatRange(1), help="Steady load after it is healed.")
 @click.option("--pause-s", type=click.FloatRange(1), help="How long SIGSTOP lasts.")
+@click.option("--client", type=click.Choice(["sdk", "plain"]),
+              help="Viewers: the Python SDK (default), or plain resuming clients.")  # fmt: skip
 @click.option("--kafka-brokers", type=click.IntRange(1, 3),
               help="KRaft nodes (default 3: they fit in memory here, ~370 MiB each).")  # fmt: skip
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
