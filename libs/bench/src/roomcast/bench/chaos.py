@@ -178,7 +178,7 @@ class ChaosCluster:
                 info = await nc.jetstream().stream_info(STREAM)
                 peers = [info.cluster.leader] if info.cluster and info.cluster.leader else []
                 if info.cluster and info.cluster.replicas:
-                    peers += [r.name for r in info.cluster.replicas]
+                    peers += [r.name for r in info.cluster.replicas if r.name]
                 return {"stream_replicas": info.config.num_replicas, "stream_peers": peers}
             finally:
                 await nc.close()
@@ -535,6 +535,20 @@ def fault_nats_pause_gateway(run: Run) -> None:
     _pause(run, node)
 
 
+def fault_gateway_pause(run: Run) -> None:
+    """Gateway 0 itself stops (SIGSTOP, supervisor and workers) for pause_s: its viewers hear
+    nothing, NATS keeps its messages or drops them as a slow consumer, then it goes on."""
+    procs = run.cluster.gateways[0].processes()
+    for p in procs:
+        p.suspend()
+    try:
+        _sleep(run, run.opts.pause_s, "gateway 0 stopped (SIGSTOP)")
+    finally:
+        for p in procs:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.resume()
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -554,6 +568,7 @@ SCENARIOS = [
     Scenario("reconnect-storm", fault_reconnect_storm, storm=True),
     Scenario("nats-pause-ingest", fault_nats_pause_ingest),
     Scenario("nats-pause-gateway", fault_nats_pause_gateway),
+    Scenario("gateway-pause", fault_gateway_pause),
 ]
 
 

@@ -166,7 +166,7 @@ class _Viewer:
             self.record(blob.room, [value for _, value in self.dedup.fresh(blob)], now)
             return
         msg = _kind.decode(data)
-        kind, room = msg.get("type"), msg.get("room")
+        kind, room = msg.get("type"), str(msg.get("room"))
         if kind == "joined":
             if msg.get("recovered") is False and room in self.logs:
                 self.logs[room].told_recovered_false()
