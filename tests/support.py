@@ -108,23 +108,23 @@ def start_pipeline(
     gateway_metrics_port: int = 0,
     ingest_metrics_port: int = 0,
 ) -> tuple[str, int]:
-    """A fresh topic (and its .dlq), one ingest and one gateway worker on their own subjects and
-    stream, as an operator starts them. Returns the topic and the gateway's port, once healthy.
-    The metrics ports are off unless given."""
+    """A fresh topic (and its .dlq), one ingest and one gateway worker on their own subjects
+    (history and rooms) and stream, as an operator starts them. Returns the topic and the
+    gateway's port, once healthy. The metrics ports are off unless given."""
     topic, prefix = unique(name), unique(name).replace("-", "_")
+    history = ["--history-prefix", f"{prefix}_history", "--stream", unique("S").replace("-", "_")]
     asyncio.run(create_topic(kafka, topic, partitions))
     asyncio.run(create_topic(kafka, topic + ".dlq", 1))
     port = free_port()
     gateway = services(
         "gateway",
         ["gateway", "--nats", nats, "--port", str(port), "--workers", "1", "--auth", "off"]
-        + ["--subject-prefix", prefix, "--metrics-port", str(gateway_metrics_port)],
+        + ["--subject-prefix", prefix, *history, "--metrics-port", str(gateway_metrics_port)],
     )
     services(
         "ingest",
         ["ingest", "--kafka", kafka, "--nats", nats, "--topic", topic, "--group", unique("g")]
-        + ["--window-ms", str(window_ms), "--subject-prefix", prefix]
-        + ["--stream", unique("S").replace("-", "_")]
+        + ["--window-ms", str(window_ms), "--subject-prefix", prefix, *history]
         + ["--metrics-port", str(ingest_metrics_port)],
     )
     wait_http_ok(f"http://127.0.0.1:{port}/readyz", gateway)

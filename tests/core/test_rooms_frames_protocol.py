@@ -22,7 +22,15 @@ from roomcast.core.protocol import (
     parse_client_message,
 )
 from roomcast.core.protocol import Error as ErrorMsg
-from roomcast.core.rooms import ALL_ROOM, check_room, room_subject, subject_room
+from roomcast.core.rooms import (
+    ALL_ROOM,
+    HISTORY_PREFIX,
+    all_subjects,
+    check_room,
+    room_subject,
+    subject_room,
+    subjects_overlap,
+)
 
 
 @pytest.mark.parametrize("name", ["lobby", "a", "room-1", "user:42", "x_y=z+w~v@q", "a" * 128])
@@ -60,6 +68,18 @@ def test_producers_may_publish_to_all() -> None:
 def test_subjects_round_trip() -> None:
     assert room_subject("lobby") == "roomcast.room.lobby"
     assert subject_room(room_subject("lobby", "t1.room"), "t1.room") == "lobby"
+    assert room_subject("lobby", HISTORY_PREFIX) == "roomcast.history.lobby"
+
+
+def test_subjects_overlap_as_nats_matches_them() -> None:
+    history, rooms = all_subjects(HISTORY_PREFIX), all_subjects()
+    assert not subjects_overlap(history, rooms)  # the stream may republish one to the other
+    assert subjects_overlap(rooms, rooms) and subjects_overlap(rooms, "roomcast.room.lobby")
+    assert subjects_overlap("roomcast.*.lobby", rooms) and subjects_overlap("roomcast.>", history)
+    assert subjects_overlap("*.room.x", "roomcast.*.x")
+    assert not subjects_overlap("roomcast.room", rooms)  # `>` needs one more token
+    assert not subjects_overlap("roomcast.room.a", "roomcast.room.a.b")
+    assert not subjects_overlap("live.room.>", rooms)
 
 
 def parse_frame(data: bytes) -> Frame:

@@ -57,6 +57,7 @@ NAMED = {
         "kafka-key-file": "kafka.tls.clientSecret",
         "nats": "nats.url",
         "subject-prefix": "nats.subjectPrefix",
+        "history-prefix": "nats.historyPrefix",
         "stream": "ingest.stream.name",
         "stream-replicas": "ingest.stream.replicas",
         "history-msgs": "ingest.stream.historyMsgs",

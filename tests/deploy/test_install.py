@@ -252,6 +252,7 @@ async def test_the_chart_runs_in_podman_serves_viewers_and_drains(
         f"kafka.topic={topic}",
         f"nats.url={nats_url}",
         f"nats.subjectPrefix={release.replace('-', '_')}",
+        f"nats.historyPrefix={release.replace('-', '_')}_history",
         f"ingest.stream.name={release.replace('-', '_').upper()}",
         "gateway.options.host=127.0.0.1",  # host network: loopback only
         "gateway.options.auth=off",  # the smoke viewers and the helm test carry no token

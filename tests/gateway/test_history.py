@@ -86,3 +86,11 @@ def test_an_empty_log_learns_the_newest_position_from_a_read() -> None:
     log.prepend([(5, raw(5)), (9, raw(9))], grow_to=10)
     assert log.last == 9 and seqs(log.after(5)) == [9]
     assert offer(log, 9, 5) is None and offer(log, 11, 9) is not False
+
+
+def test_a_quiet_room_whose_last_blob_aged_out_goes_on_and_keeps_its_ring() -> None:
+    log = RoomLog(EPOCH)
+    offer(log, 10, 0)
+    offer(log, 12, 10)
+    assert offer(log, 40, 0) is not False  # 12 expired before 40 was stored: prev 0
+    assert seqs(log.after(10)) == [12, 40] and seqs(log.after(12)) == [40]

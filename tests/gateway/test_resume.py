@@ -298,3 +298,35 @@ def test_a_burst_of_resumes_reads_each_rooms_history_once(
         assert got == list(range(8 if i % 10 == 1 else 6, 10)), f"viewer {i}"
     assert scrape(gw.metrics_url, 'roomcast_gateway_resumes_total{recovered="true"}') == viewers
     assert scrape(gw.metrics_url, "roomcast_gateway_history_reads_total") == 2  # once per room
+
+
+def test_blobs_lost_between_nats_and_the_worker_are_filled_from_the_history(
+    gateway: Callable[..., Gateway], history: Callable[..., History]
+) -> None:
+    """The worker stops reading NATS (SIGSTOP) while ~90 MB of blobs are stored: the server cuts
+    it off as a slow consumer and those blobs never reach it live. Once it runs again the next
+    blob's chain says what is missing; it is read from the history and everything reaches the
+    viewer in order, once."""
+    import os
+    import signal
+
+    h = history(max_msgs=1000)
+    gw = gateway(*h.args, "--write-buffer-high", str(256 * 1024 * 1024))
+    ws = gw.viewer("lobby")
+    first = h.store(("lobby", blob("lobby", 0)))
+    assert numbers(blobs(ws, 1)) == [0]
+    os.killpg(gw.service.proc.pid, signal.SIGSTOP)
+    try:
+        big = 900_000  # under NATS' 1 MB payload limit; 90 of them overflow its 64 MB per client
+        for i in range(1, 91, 10):
+            h.store(*[("lobby", blob("lobby", n, pad=big)) for n in range(i, i + 10)])
+    finally:
+        os.killpg(gw.service.proc.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 30
+    while scrape(gw.metrics_url, "roomcast_gateway_ready") != 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    h.store(("lobby", blob("lobby", 91)))
+    got = blobs(ws, 91)
+    assert numbers(got) == list(range(1, 92))
+    assert_chain(got, first[0])
+    assert scrape(gw.metrics_url, "roomcast_gateway_history_gaps_total") >= 1

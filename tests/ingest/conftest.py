@@ -1,4 +1,4 @@
-"""Ingest tests: a fresh topic, subject prefix and stream per test, on the session's brokers."""
+"""Ingest tests: a fresh topic, subject prefixes and stream per test, on the session's brokers."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ class IngestEnv:
     kafka: str
     nats: str
     topic: str
-    prefix: str
+    prefix: str  # what the stream republishes to: gateways subscribe PREFIX.<room>
+    history: str  # what ingest publishes to and the stream captures: HISTORY.<room>
     stream: str
     group: str
     start_service: Callable[[str, list[str]], Service]
@@ -34,7 +35,8 @@ class IngestEnv:
         return [
             "ingest", "--kafka", self.kafka, "--nats", nats_url or self.nats,
             "--topic", self.topic, "--group", self.group, "--subject-prefix", self.prefix,
-            "--stream", self.stream, "--metrics-port", "0", *extra,
+            "--history-prefix", self.history, "--stream", self.stream, "--metrics-port", "0",
+            *extra,
         ]  # fmt: skip
 
     def start(self, *extra: str, nats_url: str | None = None) -> Service:
@@ -90,7 +92,7 @@ class IngestEnv:
         if count == 0:
             return []
         sub = await js.pull_subscribe(
-            f"{self.prefix}.>",
+            f"{self.history}.>",
             stream=self.stream,
             config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL, inactive_threshold=30),
         )
@@ -137,6 +139,7 @@ def ingest_env(
         nats=nats_url,
         topic=kafka_topic(partitions=8),
         prefix=unique("in").replace("-", "_"),
+        history=unique("hi").replace("-", "_"),
         stream=unique("S").replace("-", "_"),
         group=unique("g"),
         start_service=services,

@@ -6,6 +6,7 @@ Real Kafka and NATS, real `roomcast ingest` processes; every wait is a poll with
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import urllib.request
@@ -218,7 +219,7 @@ async def test_existing_stream_keeps_the_operators_settings(ingest_env: IngestEn
     try:
         js = nc.jetstream()
         await js.add_stream(
-            StreamConfig(name=ingest_env.stream, subjects=[f"{ingest_env.prefix}.>"],
+            StreamConfig(name=ingest_env.stream, subjects=[f"{ingest_env.history}.>"],
                          description="set by ops", max_bytes=64 * 2**20, max_msgs=50_000,
                          max_msgs_per_subject=5, num_replicas=1)
         )  # fmt: skip
@@ -235,19 +236,25 @@ async def test_existing_stream_keeps_the_operators_settings(ingest_env: IngestEn
 
 
 def test_stream_update_never_lowers_replicas_and_keeps_foreign_settings() -> None:
+    from nats.js.api import RePublish
+
     from roomcast.ingest.worker import stream_settings
 
-    existing = StreamConfig(name="S", subjects=["x.>", "ops.extra"], num_replicas=3,
+    # A stream of the older layout (over the subjects gateways subscribe to), an operator's extra.
+    existing = StreamConfig(name="S", subjects=["x.room.>", "ops.extra"], num_replicas=3,
                             max_bytes=10, max_msgs_per_subject=5, max_age=60.0)  # fmt: skip
-    wanted = StreamConfig(name="S", subjects=["x.>"], num_replicas=1, max_msgs_per_subject=100,
-                          max_age=120.0, duplicate_window=120.0)  # fmt: skip
+    republish = RePublish(src="x.history.>", dest="x.room.>")
+    wanted = StreamConfig(name="S", subjects=["x.history.>"], num_replicas=1,
+                          max_msgs_per_subject=100, max_age=120.0, duplicate_window=120.0,
+                          republish=republish, allow_direct=True)  # fmt: skip
     update = stream_settings(existing, wanted)
     assert update is not None
     assert update.num_replicas == 3 and update.max_bytes == 10
-    assert update.subjects == ["x.>", "ops.extra"]
+    # x.room.> would be republished into itself: it goes; the operator's own subject stays
+    assert update.subjects == ["ops.extra", "x.history.>"]
+    assert (update.republish, update.allow_direct) == (republish, True)
     assert (update.max_msgs_per_subject, update.max_age) == (100, 120.0)
-    more = StreamConfig(name="S", subjects=["x.>"], num_replicas=5, max_msgs_per_subject=5,
-                        max_age=60.0)  # fmt: skip
+    more = dataclasses.replace(wanted, num_replicas=5)
     raised = stream_settings(existing, more)
     assert raised is not None and raised.num_replicas == 5
     assert stream_settings(update, wanted) is None  # nothing to change: no update at all
@@ -271,8 +278,8 @@ async def test_failed_publishes_are_counted_and_warned_about_rate_limited(
         await nc.close()
     await ingest_env.produce([(b"pf", b'{"seq":%d}' % i) for i in range(2, 202)], rate=100)
     blobs = await ingest_env.stream_blobs(200, timeout=15)  # (a blob sent twice counts twice)
-    # Every event is stored once the stream is back (those refused meanwhile are republished;
-    # live subscribers had them already, as NATS delivered them without the stream).
+    # Every event is stored once the stream is back (those refused meanwhile are sent again;
+    # subscribers get each one only once it is stored: tests/ingest/test_history.py).
     assert set(events_by_room(blobs)["pf"]) == set(range(2, 202))
     failures = await asyncio.to_thread(metric, port, "roomcast_ingest_publish_failures_total")
     assert failures and failures >= 1

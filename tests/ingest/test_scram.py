@@ -59,22 +59,22 @@ def test_scram_produce_and_ingest(
     assert "Authentication" in refused.stderr or "authentication" in refused.stderr, refused.stderr
 
     prefix = unique("scram").replace("-", "_")
+    stream = unique("S").replace("-", "_")  # one stream for the prefix's subjects
+    history = ["--history-prefix", f"{prefix}_history", "--stream", stream]
     port = free_port()
     gw = services(
         "gateway",
         ["gateway", "--nats", nats_url, "--port", str(port), "--workers", "1", "--auth", "off",
-         "--subject-prefix", prefix, "--metrics-port", "0"],
+         "--subject-prefix", prefix, *history, "--metrics-port", "0"],
     )  # fmt: skip
     wait_http_ok(f"http://127.0.0.1:{port}/readyz", gw)
-
-    stream = unique("S").replace("-", "_")  # one stream for the prefix's subjects
 
     def ingest(name: str, password: str) -> Service:
         return services(
             name,
             ["ingest", "--kafka", scram_kafka.sasl_bootstrap, "--nats", nats_url,
              "--topic", "scram.events", "--group", unique("g"), "--subject-prefix", prefix,
-             "--stream", stream, "--metrics-port", "0",
+             *history, "--metrics-port", "0",
              "--window-ms", "50", *sasl("SCRAM-SHA-512"),
              "--kafka-sasl-password", password],
         )  # fmt: skip

@@ -601,7 +601,8 @@ def e2e(
     viewer_rooms = [_zipf_pick(cdf, rng) for _ in range(c.viewers)]
     paths = [f"/ws?room=r{r}" for r in viewer_rooms]
     proc, _ = stack.ingest(logs, kafka, nats_url, topic, rid, window_ms)
-    server = stack.gateway(logs, nats_url, f"{rid}.room", c.workers)
+    server = stack.gateway(logs, nats_url, f"{rid}.room", c.workers,
+                           extra=stack.history_options(rid))  # fmt: skip
     proc.start()
     try:
         with server, LoadClients(c.viewers, per_process=5000) as clients:

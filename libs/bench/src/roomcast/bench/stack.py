@@ -210,6 +210,11 @@ def reference(
     return Server(kind, procs, port)
 
 
+def history_options(rid: str) -> tuple[str, ...]:
+    """The run's own history subjects and stream, for ingest and the gateways that read it."""
+    return ("--history-prefix", f"{rid}.history", "--stream", rid.upper())
+
+
 def ingest(
     logs: Path,
     kafka: str,
@@ -237,8 +242,7 @@ def ingest(
         str(window_ms),
         "--subject-prefix",
         f"{rid}.room",
-        "--stream",
-        rid.upper(),
+        *history_options(rid),
         "--metrics-port",
         str(metrics_port),
         "--log-level",

@@ -15,10 +15,11 @@ ALL_ROOM = "_all"
 """Push-to-all: a blob for this room reaches every viewer of every gateway worker."""
 
 SUBJECT_PREFIX = "roomcast.room"
-"""Room `lobby` is published on subject `roomcast.room.lobby`."""
+"""Room `lobby`'s blobs reach gateways on subject `roomcast.room.lobby`."""
+
 HISTORY_PREFIX = "roomcast.history"
-"""Ingest stores room `lobby`'s blobs on `roomcast.history.lobby`; the stream republishes each
-stored blob on the room's SUBJECT_PREFIX subject."""
+"""Ingest publishes room `lobby`'s blobs on its history subject `roomcast.history.lobby`; the
+JetStream stream stores them and republishes each one it stored on `roomcast.room.lobby`."""
 
 _ALLOWED = re.compile(r"[A-Za-z0-9_\-:@=+~]{1,128}")
 _BAD_CHAR = re.compile(r"[^A-Za-z0-9_\-:@=+~]")
@@ -69,5 +70,18 @@ def subject_room(subject: str, prefix: str = SUBJECT_PREFIX) -> str:
 
 
 def all_subjects(prefix: str = SUBJECT_PREFIX) -> str:
-    """The wildcard over every room subject (what the JetStream stream captures)."""
+    """The wildcard over every room subject of `prefix` (`roomcast.history.>` is what the
+    JetStream stream captures, `roomcast.room.>` what it republishes to)."""
     return f"{prefix}.>"
+
+
+def subjects_overlap(a: str, b: str) -> bool:
+    """Whether some subject matches both NATS subject patterns (`*`: one token, `>`: one or more
+    tokens at the end)."""
+    ta, tb = a.split("."), b.split(".")
+    for x, y in zip(ta, tb, strict=False):
+        if x == ">" or y == ">":
+            return True
+        if x != y and x != "*" and y != "*":
+            return False
+    return len(ta) == len(tb)

@@ -96,6 +96,7 @@ class Gateway:
         self._batch: list[tuple[str, bytes, int, int]] = []  # room, blob, seq, prev
         self._early: list[tuple[str, bytes, int, int]] = []  # sequenced, before the epoch is known
         self._epoch_task: asyncio.Task[None] | None = None
+        self._epoch_checked = 0.0
         self._reading: set[str] = set()  # rooms with a history read under way
         self._filling: set[str] = set()  # rooms whose log waits for missing blobs
         self._counted = Counters()  # the hub's counters as last exported
@@ -159,6 +160,9 @@ class Gateway:
             entry = log_.offer(seq, prev, sequenced(data, epoch, seq, prev))
             if entry is None:
                 metrics.BLOBS_DUPLICATE.inc()
+                if started - self._epoch_checked >= 5.0:  # a new history restarts its seqs
+                    self._epoch_checked = started
+                    self._check_epoch()
             elif entry is False:
                 if room not in self._filling:
                     self._filling.add(room)

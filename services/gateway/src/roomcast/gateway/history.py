@@ -6,6 +6,8 @@ few of a room's blobs in that order and checks the chain as they arrive:
 
 - `prev == last`: the next blob; appended (and fanned out).
 - `seq <= last`: seen already; dropped.
+- `prev < last < seq`: the stream no longer holds `last` (it aged out while the room was quiet)
+  and chains the blob to what it has, often 0: the next blob all the same.
 - `prev > last`: something between `last` and `prev` never arrived (core NATS dropped it, say
   during a reconnect): the blob is held, with every later one, until the missing blobs have been
   read from the history (`fill`), and then all go out in order.
@@ -77,9 +79,8 @@ class RoomLog:
             return self._append(seq, prev, data)
         if seq <= last:
             return None
-        if prev < last:  # a chain that does not know our last: the history was reset
-            self.entries.clear()
-            return self._append(seq, prev, data)
+        if prev < last:  # our last is no longer stored (it aged out: a quiet room), the stream
+            return self._append(seq, prev, data)  # chains to what it still has: nothing missed
         self.held.append((seq, prev, data))
         return False
 

@@ -266,10 +266,13 @@ class Hub(Generic[P]):
         if room is None:
             room = self.rooms[name] = Room(name)
         v.rooms.append(name)
-        if since is None:
-            room.viewers.add(v)
-        else:
+        log = room.log
+        if since is not None:
             room.behind[v] = since.seq
+        elif v.lagging and log is not None and log.last != UNKNOWN:
+            room.behind[v] = log.last  # slow: caught up from here once it drains
+        else:
+            room.viewers.add(v)
         self._changed(v)
         if room.subscribed and since is None:
             self.reply(v, encode_server_message(Joined(name)))
@@ -445,10 +448,10 @@ class Hub(Generic[P]):
         return len(entries)
 
     def _go_live(self, v: P, room: Room[P]) -> None:
-        """Caught up in `room`: on its live fan-out (or, if it has just become slow again, at
-        the room's newest position, to be caught up once it drains)."""
+        """Caught up in `room`: on its live fan-out (or, if its buffer is full again, at the
+        room's newest position, to be caught up once it drains)."""
         room.tried.discard(v)
-        if v.lagging and room.log is not None and room.log.last != UNKNOWN:
+        if v.paused and room.log is not None and room.log.last != UNKNOWN:
             room.behind[v] = room.log.last
             return
         room.behind.pop(v, None)

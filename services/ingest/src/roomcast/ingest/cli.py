@@ -69,18 +69,23 @@ def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: 
 @_opt("--max-event-bytes", default=_D.max_event_bytes, type=click.IntRange(min=1),
       help="Events bigger than this go to the dead-letter topic.")  # fmt: skip
 @_opt("--subject-prefix", default=_D.subject_prefix,
-      help="Blobs of room R are published on PREFIX.R.")  # fmt: skip
+      help="The stream republishes each blob of room R it stored on PREFIX.R, the subject "
+      "gateways subscribe to; ingest itself never publishes there.")  # fmt: skip
+@_opt("--history-prefix", default=_D.history_prefix,
+      help="Blobs of room R are published on PREFIX.R, the room's history subject, which the "
+      "stream captures. Must not overlap --subject-prefix.")  # fmt: skip
 @_opt("--stream", default=_D.stream,
-      help="JetStream stream over PREFIX.>, created at start if missing. On an existing "
-      "stream only the subjects, history and dedup window are set; the rest is the "
-      "operator's.")  # fmt: skip
+      help="JetStream stream over HISTORY-PREFIX.>, republishing to SUBJECT-PREFIX.>, created "
+      "at start if missing. On an existing stream only the subjects, republish, direct gets, "
+      "history and dedup window are set; the rest is the operator's.")  # fmt: skip
 @_opt("--stream-replicas", default=_D.stream_replicas, type=click.IntRange(min=1, max=5),
       help="Replicas of the stream when ingest creates it; an existing stream's replicas are "
       "raised to this, never lowered.")  # fmt: skip
 @_opt("--history-msgs", default=_D.history_msgs, type=click.IntRange(min=1),
       help="Blobs JetStream keeps per room.")  # fmt: skip
 @_opt("--history-age-s", default=_D.history_age_s, type=click.FloatRange(min=1),
-      help="How long JetStream keeps a blob, in seconds.")  # fmt: skip
+      help="How long JetStream keeps a blob, in seconds (also the longest dedup window: 120 s "
+      "or this, whichever is shorter).")  # fmt: skip
 @_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
       help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
 @_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),
@@ -104,11 +109,14 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
     \b
     Each record's key is its room and its value one JSON event. Events of a room are merged per
     window into one blob (their bytes are embedded, never re-encoded) and published on
-    PREFIX.<room> to JetStream with a Msg-Id. A partition's offset is committed only below the
-    oldest event JetStream has not acknowledged: a crash replays, nothing is lost. Bad records
-    (no key, bad room name, no value, not JSON, not UTF-8, too big) go to TOPIC.dlq with headers
-    saying why; while TOPIC.dlq cannot take them, only their partitions wait. NATS or Kafka
-    down, at start or later: the worker waits for them, paused; it never exits on its own.
+    HISTORY-PREFIX.<room> to JetStream with a Msg-Id; the stream stores it and republishes it on
+    SUBJECT-PREFIX.<room> with its sequence (Nats-Sequence) and the room's previous one
+    (Nats-Last-Sequence), so gateways see only stored blobs. A partition's offset is committed
+    only below the oldest event JetStream has not acknowledged: a crash replays, nothing is lost.
+    Bad records (no key, bad room name, no value, not JSON, not UTF-8, too big) go to TOPIC.dlq
+    with headers saying why; while TOPIC.dlq cannot take them, only their partitions wait. NATS
+    or Kafka down, at start or later: the worker waits for them, paused; it never exits on its
+    own.
     Run several workers with the same --group to share the topic's partitions.
     SIGTERM/Ctrl-C: flush, wait for acks, commit, leave the group, exit 0.
     """
@@ -124,6 +132,13 @@ def ingest(log_format: str, log_level: str, **options: object) -> None:
 
     if (why := check_nats_auth(config)) is not None:
         raise click.UsageError(why)
+    from roomcast.core.rooms import all_subjects, subjects_overlap
+
+    if subjects_overlap(all_subjects(config.history_prefix), all_subjects(config.subject_prefix)):
+        raise click.UsageError(
+            f"--history-prefix {config.history_prefix!r} overlaps --subject-prefix "
+            f"{config.subject_prefix!r}: the stream would republish its blobs to itself"
+        )
     try:
         import uvloop
 

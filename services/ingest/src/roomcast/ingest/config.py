@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from roomcast.core.blob import MAX_EVENT_BYTES
 from roomcast.core.merge import DEFAULT_MAX_BYTES, DEFAULT_MAX_EVENTS
-from roomcast.core.rooms import SUBJECT_PREFIX
+from roomcast.core.rooms import HISTORY_PREFIX, SUBJECT_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +35,8 @@ class IngestConfig:
     max_blob_events: int = DEFAULT_MAX_EVENTS
     max_blob_bytes: int = DEFAULT_MAX_BYTES
     max_event_bytes: int = MAX_EVENT_BYTES
-    subject_prefix: str = SUBJECT_PREFIX
+    subject_prefix: str = SUBJECT_PREFIX  # the stream republishes room R's blobs on PREFIX.R
+    history_prefix: str = HISTORY_PREFIX  # ingest publishes them on PREFIX.R; the stream has them
     stream: str = "ROOMCAST_ROOMS"
     stream_replicas: int = 1  # at creation; an existing stream's are raised to it, never lowered
     history_msgs: int = 100  # blobs kept per room subject

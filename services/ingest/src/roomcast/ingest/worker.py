@@ -34,7 +34,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     for_code,
 )
-from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 from nats.js.errors import NoStreamResponseError, NotFoundError
 
 from roomcast.core.blob import PRODUCED_HEADER, check_event, validate_json
@@ -42,7 +42,7 @@ from roomcast.core.errors import EventError
 from roomcast.core.merge import MergeWindow, PendingBlob
 from roomcast.core.natsauth import nats_connect_options
 from roomcast.core.positions import PartitionOffsets
-from roomcast.core.rooms import all_subjects, room_error, room_subject
+from roomcast.core.rooms import all_subjects, room_error, room_subject, subjects_overlap
 from roomcast.ingest import metrics
 from roomcast.ingest.config import IngestConfig
 from roomcast.ingest.deadletters import DeadLetter, DeadLetterWriter
@@ -96,16 +96,24 @@ class _Every:
 def stream_settings(existing: StreamConfig, wanted: StreamConfig) -> StreamConfig | None:
     """The update roomcast makes to an existing stream, or None if it needs none.
 
-    roomcast owns only what its delivery depends on: its subjects being in the stream, the
-    per-room history (count and age) and the dedup window. Replicas are raised to `wanted`'s,
-    never lowered; every other setting (limits, placement, description, ...) is the operator's.
+    roomcast owns only what its delivery depends on: its history subjects being in the stream,
+    the republish of every stored blob to the subjects gateways subscribe to, direct gets, the
+    per-room history (count and age) and the dedup window. Subjects an operator added stay, except
+    those that overlap the republish destination (the stream would republish into itself, which
+    JetStream refuses): a stream of the older layout, over `roomcast.room.>` itself, is thus moved
+    to `roomcast.history.>` in place, keeping its messages and its creation time (the epoch).
+    Replicas are raised to `wanted`'s, never lowered; every other setting (limits, placement,
+    description, ...) is the operator's.
     """
-    subjects = list(existing.subjects or [])
+    dest = wanted.republish.dest if wanted.republish is not None else None
+    subjects = [s for s in existing.subjects or [] if not (dest and subjects_overlap(s, dest))]
     subjects += [s for s in wanted.subjects or [] if s not in subjects]
     replicas = max(existing.num_replicas or 1, wanted.num_replicas or 1)
     update = dataclasses.replace(
         existing,
         subjects=subjects,
+        republish=wanted.republish,
+        allow_direct=wanted.allow_direct,
         max_msgs_per_subject=wanted.max_msgs_per_subject,
         max_age=wanted.max_age,
         duplicate_window=wanted.duplicate_window,
@@ -234,15 +242,23 @@ class IngestWorker:
 
     async def _ensure_stream(self) -> None:
         """Create the stream if it is missing; on an existing one, change only what roomcast owns
-        (see `stream_settings`): an operator's settings, and its replicas, are kept."""
+        (see `stream_settings`): an operator's settings, and its replicas, are kept.
+
+        The stream captures the history subjects and republishes every blob it stores to the
+        subject gateways subscribe to, with its sequence and the room's previous one: a gateway
+        only ever sees stored blobs, chained in the order the history has them."""
+        history = all_subjects(self.cfg.history_prefix)
         cfg = StreamConfig(
             name=self.cfg.stream,
-            subjects=[all_subjects(self.cfg.subject_prefix)],
+            subjects=[history],
+            republish=RePublish(src=history, dest=all_subjects(self.cfg.subject_prefix)),
+            allow_direct=True,  # gateways read older blobs with direct gets by subject
             storage=StorageType.FILE,
             discard=DiscardPolicy.OLD,
             max_msgs_per_subject=self.cfg.history_msgs,
             max_age=self.cfg.history_age_s,
-            duplicate_window=self.cfg.duplicate_window_s,
+            # at most the history's age: JetStream refuses a longer dedup window
+            duplicate_window=min(self.cfg.duplicate_window_s, self.cfg.history_age_s),
             num_replicas=self.cfg.stream_replicas,
         )
         try:
@@ -357,7 +373,8 @@ class IngestWorker:
             "ingest running",
             extra={"topic": self.cfg.topic, "group": self.cfg.group,
                    "window_ms": self.cfg.window_ms, "stream": self.cfg.stream,
-                   "subjects": all_subjects(self.cfg.subject_prefix)},
+                   "subjects": all_subjects(self.cfg.history_prefix),
+                   "republished_to": all_subjects(self.cfg.subject_prefix)},
         )  # fmt: skip
         try:
             await self._loop(stop)
@@ -494,7 +511,7 @@ class IngestWorker:
         if subject is None:
             if len(self._subjects) > 200_000:
                 self._subjects.clear()
-            subject = self._subjects[room] = room_subject(room, self.cfg.subject_prefix)
+            subject = self._subjects[room] = room_subject(room, self.cfg.history_prefix)
         return subject
 
     async def _publish(self, blob: PendingBlob) -> None:
@@ -524,6 +541,14 @@ class IngestWorker:
     def _publish_failed(self, exc: BaseException, entry: _InFlight) -> None:
         """Count every failed publish; say so at most every 10 s, with how many since."""
         metrics.PUBLISH_FAILURES.inc()
+        # No stream answers (an operator deleted it?): set it up again, once at a time, whether
+        # or not this failure is logged. Until then nothing is stored, so nothing is republished
+        # to the gateways: the blob waits for its retry.
+        if isinstance(exc, NoStreamResponseError | nats.errors.NoRespondersError) and (
+            self._stream_task is None or self._stream_task.done()
+        ):
+            self._stream_task = asyncio.ensure_future(self._ensure_stream())
+            self._stream_task.add_done_callback(self._stream_setup_done)
         warn = self._publish_warning
         if not warn.ready():
             return
@@ -534,12 +559,6 @@ class IngestWorker:
                    "failures_since_last_warning": warn.suppressed + 1},
         )  # fmt: skip
         warn.suppressed = 0
-        # No stream answers (an operator deleted it?): set it up again, once at a time.
-        if isinstance(exc, NoStreamResponseError | nats.errors.NoRespondersError) and (
-            self._stream_task is None or self._stream_task.done()
-        ):
-            self._stream_task = asyncio.ensure_future(self._ensure_stream())
-            self._stream_task.add_done_callback(self._stream_setup_done)
 
     def _stream_setup_done(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
