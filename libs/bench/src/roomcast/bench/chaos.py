@@ -168,25 +168,36 @@ class ChaosCluster:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def describe(self) -> dict[str, Any]:
-        """What runs, as the brokers see it: NATS nodes, the stream's replicas and peers."""
+    def describe_stream(self) -> dict[str, Any]:
+        """The history stream as JetStream sees it: replicas, leader, peers, epoch (created)."""
         import nats
 
         async def stream() -> dict[str, Any]:
             nc = await nats.connect(self.nats.urls, connect_timeout=5)
             try:
                 info = await nc.jetstream().stream_info(STREAM)
-                peers = [info.cluster.leader] if info.cluster and info.cluster.leader else []
+                leader = info.cluster.leader if info.cluster else None
+                peers = [leader] if leader else []
                 if info.cluster and info.cluster.replicas:
                     peers += [r.name for r in info.cluster.replicas if r.name]
-                return {"stream_replicas": info.config.num_replicas, "stream_peers": peers}
+                return {
+                    "stream_replicas": info.config.num_replicas,
+                    "stream_leader": leader,
+                    "stream_peers": peers,
+                    "stream_created": str(info.created),
+                    "stream_last_seq": info.state.last_seq,
+                }
             finally:
                 await nc.close()
 
+        return asyncio.run(stream())
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, as the brokers see it: brokers, NATS nodes, the stream's replicas."""
         return {
             "kafka_brokers": len(self.kafka.nodes),
             "nats_nodes": len(self.nats.nodes),
-            **asyncio.run(stream()),
+            **self.describe_stream(),
             "ingest_processes": len(self.ingest),
             "gateways": len(self.gateways),
             "gateway_workers": len(self.gateway_workers(0)),
@@ -427,8 +438,10 @@ def fault_ingest_kill(run: Run) -> None:
 
 
 def fault_nats_kill(run: Run) -> None:
-    """kill -9 the NATS node ingest-0 uses; restart it (same port and store) once it is due."""
-    node = run.cluster.nats_node_used_by([p for p in [run.cluster.ingest[0].pid] if p])
+    """kill -9 the NATS node that leads the history stream (its replicas elect another; its
+    clients move to the other nodes); restart it (same port and store) once it is due."""
+    leader = run.cluster.describe_stream().get("stream_leader")
+    node = next((n for n in run.cluster.nats.nodes if n.name == f"nats-{leader}"), None)
     node = node or run.cluster.nats.nodes[0]
     run.notes["node"] = node.name
     kill9(node.process)

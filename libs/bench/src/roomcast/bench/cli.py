@@ -492,13 +492,13 @@ def chaos(
 ) -> None:
     """A whole cluster on loopback under faults, every event checked.
 
-    Starts Kafka, a NATS cluster of 3 (JetStream, 3 replicas), 2 ingest processes in one
+    Starts Kafka (3 brokers), 3 NATS nodes (JetStream, 3 replicas), 2 ingest processes in one
     group and 2 gateways of 2 workers, then plays each scenario under steady load: a calm
     phase, one fault (kill -9 an ingest process, a NATS node, a gateway worker; restart
     Kafka; restart NATS node by node; drain a gateway; a viewer that stops reading; every
-    viewer dropped at once; SIGSTOP the NATS node ingest or a gateway uses), load after it,
-    and a drain. Producers number every event per room; every viewer resumes on reconnect and
-    the checker counts, per viewer and room, events lost (a gap nobody announced with
+    viewer dropped at once; SIGSTOP the NATS node ingest or a gateway uses, or a gateway),
+    load after it, and a drain. Producers number every event per room; every viewer resumes on
+    reconnect and the checker counts, per viewer and room, events lost (a gap nobody announced with
     recovered:false), duplicated and out of order, the longest silence and p99 latency in the
     calm phase and during the fault. Exits 1 if any scenario lost or duplicated an event.
     Never runs against ROOMCAST_NATS / ROOMCAST_KAFKA: it kills brokers.
