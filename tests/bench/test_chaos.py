@@ -84,3 +84,9 @@ def test_a_slow_viewer_does_not_slow_the_others(short_run: dict[str, Any]) -> No
 def test_the_storm_comes_back(short_run: dict[str, Any]) -> None:
     s = next(s for s in short_run["scenarios"] if s["name"] == "reconnect-storm")
     assert s["recovery_s"] is not None and s["recovery_s"] < 60, s
+
+
+def test_a_lost_history_is_announced_not_lost(short_run: dict[str, Any]) -> None:
+    """The stream deleted and created again: what it held is gone, and every viewer is told."""
+    s = next(s for s in short_run["scenarios"] if s["name"] == "history-reset")
+    assert s["recovered_false"] > 0 and s["lost"] == 0, s

@@ -562,6 +562,33 @@ def fault_gateway_pause(run: Run) -> None:
                 p.resume()
 
 
+def fault_history_reset(run: Run) -> None:
+    """The history stream is deleted (an operator's mistake); ingest creates it again, a new
+    epoch. Whatever it held is gone: viewers must be told (`reset` / `recovered:false`), so this
+    scenario's recovered_false is not 0 on purpose, and lost must still be 0."""
+    import nats
+
+    before = run.cluster.describe_stream()
+
+    async def delete() -> None:
+        nc = await nats.connect(run.cluster.nats.urls, connect_timeout=5)
+        try:
+            await nc.jetstream().delete_stream(STREAM)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            after = run.cluster.describe_stream()
+            if after["stream_created"] != before["stream_created"]:
+                run.notes["epochs"] = [before["stream_created"], after["stream_created"]]
+                return
+        time.sleep(0.3)
+    raise BrokerError("the history stream was not created again within 60 s")
+
+
 @dataclass(frozen=True)
 class Scenario:
     name: str
@@ -582,6 +609,7 @@ SCENARIOS = [
     Scenario("nats-pause-ingest", fault_nats_pause_ingest),
     Scenario("nats-pause-gateway", fault_nats_pause_gateway),
     Scenario("gateway-pause", fault_gateway_pause),
+    Scenario("history-reset", fault_history_reset),
 ]
 
 
