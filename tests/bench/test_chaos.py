@@ -66,7 +66,8 @@ def test_every_scenario_ran_with_every_field(short_run: dict[str, Any]) -> None:
 @pytest.mark.parametrize("name", scenario_names())
 def test_scenario_loses_and_duplicates_nothing(short_run: dict[str, Any], name: str) -> None:
     s = next(s for s in short_run["scenarios"] if s["name"] == name)
-    detail = {k: s.get(k) for k in ("worst", "viewer_errors", "fault_error", "error", "notes")}
+    keys = ("worst", "viewer_errors", "fault_error", "error", "node", "log_excerpt")
+    detail = {k: s.get(k) for k in keys}
     where = f"{name}: {detail}; logs under {short_run['logs']}"
     assert "error" not in s and "fault_error" not in s, where
     assert s["silent_viewer_rooms"] == 0, where

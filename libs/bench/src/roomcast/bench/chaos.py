@@ -203,6 +203,22 @@ class ChaosCluster:
             "gateway_workers": len(self.gateway_workers(0)),
         }
 
+    def log_excerpt(self, since: float, per_file: int = 12) -> dict[str, list[str]]:
+        """The services' warnings and errors logged since `since` (wall clock), per log file:
+        what a report of a failed scenario needs (log lines start with HH:MM:SS)."""
+        start = time.strftime("%H:%M:%S", time.localtime(since))
+        out: dict[str, list[str]] = {}
+        for path in sorted(self.logs.glob("*.log")):
+            lines = [
+                line[:300]
+                for line in path.read_text(errors="replace").splitlines()
+                if line[:8] >= start and (" warning " in line or " error " in line)
+                and "--auth off" not in line and "--max-viewers lowered" not in line
+            ]  # fmt: skip
+            if lines:
+                out[path.name] = lines[-per_file:]
+        return out
+
     # -- faults' tools
 
     def resume_all(self) -> None:
@@ -735,6 +751,8 @@ def run_scenario(
         result["producer_error"] = repr(producer.error)
     if stats["errors"]:
         result["viewer_errors"] = stats["errors"][:5]
+    if summary.lost or summary.duplicated or summary.out_of_order:
+        result["log_excerpt"] = cluster.log_excerpt(since=calm_from)
     if summary.worst:
         result["worst"] = [
             {"viewer": v, "room": room, "lost": r.lost, "duplicated": r.duplicated,
