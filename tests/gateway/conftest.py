@@ -9,6 +9,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import nats
 import pytest
@@ -44,11 +45,14 @@ class Gateway:
     def http(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def viewer(self, *rooms: str, **kw: object) -> ClientConnection:
+    def viewer(self, *rooms: str, counts: bool = False, **kw: object) -> ClientConnection:
+        """A viewer of `rooms`, once joined. Its `recv` skips viewer counts (they come whenever
+        a room's count changes) unless `counts`."""
         query = "&".join(f"room={r}" for r in rooms)
-        ws = self.stack.enter_context(
-            connect(f"{self.ws_url}?{query}", **{"compression": None, "max_size": None, **kw})  # type: ignore[arg-type]
-        )
+        kw = {"compression": None, "max_size": None, **kw}
+        if not counts:
+            kw["create_connection"] = NoCounts
+        ws = self.stack.enter_context(connect(f"{self.ws_url}?{query}", **kw))  # type: ignore[arg-type]
         for room in rooms:  # wait for the acks: the room is live once joined
             assert json.loads(ws.recv(timeout=10)) == {"type": "joined", "room": room}
         return ws
@@ -64,6 +68,23 @@ class Gateway:
         return encode_blob(
             room, 0, [offset], [json.dumps({"o": offset, "pad": "x" * size}).encode()]
         )
+
+
+class NoCounts(ClientConnection):
+    """A client connection whose `recv` skips `count` messages (viewer counts)."""
+
+    def recv(self, timeout: float | None = None, decode: bool | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            data = super().recv(left, decode)
+            if not _is_count(data):
+                return data
+
+
+def _is_count(data: str | bytes) -> bool:
+    head = data[:15]
+    return head == '{"type":"count"' or head == b'{"type":"count"'
 
 
 async def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
@@ -179,14 +200,17 @@ class RawViewer:
         return out
 
     def messages(self, count: int, timeout: float = 10) -> list[dict[str, object]]:
-        """Read `count` text messages."""
+        """Read `count` text messages, not counting viewer counts (`count` messages come
+        whenever a room's viewer count changes)."""
         got: list[dict[str, object]] = []
         deadline = time.monotonic() + timeout
         self.sock.settimeout(timeout)
         while len(got) < count and time.monotonic() < deadline:
             for e in self._read():
                 if isinstance(e, Frame) and e.opcode is Opcode.TEXT:
-                    got.append(json.loads(e.data))
+                    msg = json.loads(e.data)
+                    if msg.get("type") != "count":
+                        got.append(msg)
         return got
 
     @property

@@ -77,16 +77,21 @@ def ws(gw: Gateway, query: str = "", **kw: object) -> ClientConnection:
 
 
 def recv(c: ClientConnection, timeout: float = 10) -> dict[str, object]:
-    return json.loads(c.recv(timeout=timeout))  # type: ignore[no-any-return]
+    """The next message but viewer counts (they come whenever a room's count changes)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        msg: dict[str, object] = json.loads(c.recv(timeout=max(0, deadline - time.monotonic())))
+        if msg["type"] != "count":
+            return msg
 
 
 def closed_with(c: ClientConnection, timeout: float = 10) -> tuple[int | None, list[object]]:
-    """Read until the gateway closes: its close code, and the messages before it."""
+    """Read until the gateway closes: its close code, and the messages before it (no counts)."""
     got: list[object] = []
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
-            got.append(json.loads(c.recv(timeout=deadline - time.monotonic())))
+            got.append(recv(c, timeout=deadline - time.monotonic()))
     except ConnectionClosed as exc:
         return (exc.rcvd.code if exc.rcvd else None), got
     raise AssertionError(f"not closed within {timeout}s; got {got}")

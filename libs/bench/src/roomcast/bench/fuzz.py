@@ -940,7 +940,7 @@ def _server_messages(data: bytes) -> tuple[int | None, list[str]]:
                     label += f":{msg['code']}"
             except (ValueError, AttributeError):
                 label = f"undecodable:{payload[:40]!r}"
-            if not label.startswith("blob"):
+            if not label.startswith(("blob", "count")):  # blobs and viewer counts come any time
                 labels.append(label)
         elif b0 & 0x0F == 8:
             labels.append(

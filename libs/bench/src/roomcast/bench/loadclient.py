@@ -41,6 +41,7 @@ _REQUEST = (
 #: What browsers offer: permessage-deflate, and we may reset our context per message.
 _DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 _FLUSH_TAIL = b"\x00\x00\xff\xff"
+_COUNT = b'{"type":"count"'  # how a viewer-count message starts (15 bytes)
 _MAX_LATENCY_SAMPLES = 200_000
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)  # Linux >= 4.2
 
@@ -137,6 +138,8 @@ class _Viewer(asyncio.Protocol):
                 if not self.joined:  # the first message is the `joined` ack
                     self.joined = True
                     c.joined += 1
+                elif data[pos + h : pos + h + 15] == _COUNT:
+                    pass  # a viewer count (never compressed), not a blob
                 else:
                     c.frames += 1
                     c.bytes += end - pos

@@ -78,6 +78,9 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
       help="Descriptors kept free so probes answer at --max-viewers (lowered to fit).")  # fmt: skip
 @_opt("--drain-seconds", default=_D.drain_seconds, type=click.FloatRange(min=0),
       help="On SIGTERM, close viewers with 1012 paced over this period, then exit.")  # fmt: skip
+@_opt("--count-interval-s", default=_D.count_interval_s, type=click.FloatRange(min=0.25),
+      help="Viewer counts: each worker publishes its rooms' counts and viewers get `count` "
+      "messages at most this often; a worker silent for 3 intervals is forgotten.")  # fmt: skip
 @_opt("--auth", default=_D.auth, type=click.Choice(["jwt", "off"]),
       help="jwt: viewers need a signed grant (docs/security.md); off: anyone joins.")  # fmt: skip
 @_opt("--auth-secret", default=_D.auth_secret, show_default=False,
@@ -119,10 +122,11 @@ def gateway(log_format: str, log_level: str, **options: object) -> None:
     while the room has a local viewer. Every blob is framed once and the same bytes are written
     to every viewer of the room. Viewers send {"type":"join"|"leave","room":R} or
     {"type":"ping"}. The viewer port also answers GET /healthz and /readyz (this worker: 503
-    while draining or NATS is down). On --metrics-port: /metrics (Prometheus, every worker's
-    series with a `worker` label), /healthz and /readyz for the whole group. SIGTERM drains: no
-    new viewers, /readyz 503, viewers closed with 1012 over --drain-seconds, exit 0. See
-    docs/protocol.md for close codes and docs/operations.md for metrics.
+    while draining or NATS is down) and GET /rooms/R (R's viewers across the cluster). On
+    --metrics-port: /metrics (Prometheus, every worker's series with a `worker` label), /healthz
+    and /readyz for the whole group. SIGTERM drains: no new viewers, /readyz 503, viewers closed
+    with 1012 over --drain-seconds, exit 0. See docs/protocol.md for close codes and
+    docs/operations.md for metrics.
 
     \b
     Each worker raises its soft open-files limit to the hard one and fits --max-viewers,

@@ -57,6 +57,7 @@ class GatewayConfig:
     nats_creds: str = ""  # NATS .creds file (JWT + NKey seed)
     nats_nkey_seed: str = ""  # file holding a user NKey seed (SU...), for NKey users
     nats_tls_ca: str = ""  # CA bundle to verify a tls:// NATS server
+    count_interval_s: float = 2.0  # viewer counts: published and pushed at most this often
     backlog: int = 4096
     reuse_port: bool = False  # set by the supervisor when several workers share the port
     control_dir: str = ""  # set by the launcher: where workers hand over their metrics

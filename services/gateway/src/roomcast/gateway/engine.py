@@ -12,18 +12,27 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import heapq
 import logging
+import secrets
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from roomcast.core.blob import sequenced
+from roomcast.core.errors import RoomNameError
 from roomcast.core.frames import Deflater
-from roomcast.core.protocol import CloseCode, Position
+from roomcast.core.protocol import CloseCode, Count, Position, encode_server_message
+from roomcast.core.rooms import check_room
+from roomcast.gateway import counts as countmsg
 from roomcast.gateway import metrics
-from roomcast.gateway.auth import ClientAddress, Verifier, parse_origins
+from roomcast.gateway.auth import AuthError, ClientAddress, Verifier, allowed, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
+from roomcast.gateway.counts import Counts
 from roomcast.gateway.deflate import SharedDeflateFactory
 from roomcast.gateway.feed import NatsFeed, RoomFeed
 from roomcast.gateway.hub import OPEN, Counters, Hub, Interest, Sender
@@ -112,11 +121,21 @@ class Gateway:
         # content type). Exact paths, then prefixes in order.
         self.routes: dict[str, Route] = {}
         self.prefix_routes: list[tuple[str, Route]] = []
+        # Viewer counts across the cluster (counts.py), over the feed's NATS connection.
+        self.counts = Counts(
+            f"{secrets.token_hex(6)}-{worker_id}", cfg.count_interval_s, time.monotonic()
+        )
+        self._counts_nc: Any = None  # the NATS connection counts go over (None: this worker's)
+        self._counts_dirty = False  # a viewer joined or left since the local counts were taken
+        self._count_owed: set[tuple[Viewer, str]] = set()  # joined since: owed the room's count
+        self._last_count_log = -1e9
+        self.prefix_routes.append(("/rooms/", self._room_route))
 
     async def connect(self) -> None:
         if isinstance(self.feed, NatsFeed):
             self.feed.on_reconnected = self._check_epoch
         await self.feed.start(self.on_blob)
+        await self._start_counts()
         self.started = True
         await self._load_epoch()
 
@@ -288,6 +307,7 @@ class Gateway:
 
     def join(self, v: Viewer, room: str, since: Position | None = None) -> None:
         interest = self.hub.join(v, room, since)
+        self._count_joined(v, room)
         if interest:
             self._apply(interest)
             metrics.ROOMS.set(len(self.hub.rooms))
@@ -301,6 +321,7 @@ class Gateway:
 
     def leave(self, v: Viewer, room: str) -> None:
         interest = self.hub.leave(v, room)
+        self._counts_dirty = True
         if interest:
             self._apply(interest)
             metrics.ROOMS.set(len(self.hub.rooms))
@@ -318,6 +339,7 @@ class Gateway:
         if v.exp:
             self._unfile(v, v.exp)
         interest = self.hub.close(v, time.monotonic(), final=final)
+        self._counts_dirty = True
         metrics.VIEWERS.set(len(self.hub.viewers))
         if interest:
             self._apply(interest)
@@ -511,6 +533,10 @@ class Gateway:
             if now >= next_second:
                 next_second = now + 1.0
                 self._each_second(now)
+            try:
+                await self._count_tick(now)
+            except Exception:  # counts must never stop the timers above
+                log.exception("viewer counts: tick failed")
             if now >= next_ping:
                 next_ping = now + cfg.ping_interval_s
                 timeout = cfg.ping_timeout_s
@@ -554,6 +580,7 @@ class Gateway:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+        await self._stop_counts()
         await self.feed.close()
 
     # ---- HTTP endpoints on the same port ------------------------------------------------------
@@ -579,3 +606,125 @@ class Gateway:
             if path.startswith(prefix):
                 return handler(path, query)
         return 404, b"not found: viewers connect to /ws?room=ROOM\n", "text/plain"
+
+    # ---- viewer counts across the cluster (counts.py) -----------------------------------------
+
+    async def _start_counts(self) -> None:
+        """Listen to every worker's counts on the feed's NATS connection (a feed without one:
+        the counts are this worker's own)."""
+        nc = getattr(self.feed, "nc", None)
+        if nc is None:
+            return
+        await nc.subscribe(countmsg.SUBJECT, cb=self._count_message)
+        self._counts_nc = nc
+        self.counts.started = time.monotonic()  # known once everyone had an interval to speak
+        log.info("viewer counts", extra={"counts_id": self.counts.worker, "worker": self.worker_id})
+
+    async def _count_message(self, msg: Any) -> None:
+        try:
+            message = countmsg.decode_message(msg.data)
+        except msgspec.DecodeError as exc:
+            self._count_warning("not a count message on %s: %s", countmsg.SUBJECT, exc)
+            return
+        if message.worker == self.counts.worker:
+            return
+        metrics.COUNT_MESSAGES.labels("received").inc()
+        if self.counts.receive(message, time.monotonic()):
+            metrics.COUNT_GAPS.inc()
+
+    def _count_joined(self, v: Viewer, room: str) -> None:
+        self._counts_dirty = True
+        if room in v.rooms:  # joined: it gets the room's count at the next tick
+            self._count_owed.add((v, room))
+
+    def _local_counts(self) -> None:
+        if self._counts_dirty:
+            self._counts_dirty = False
+            self.counts.update_local(self.hub.local_counts())
+
+    async def _count_tick(self, now: float) -> None:
+        """From housekeeping: publish this worker's counts when due, forget silent workers,
+        push changed totals to the rooms' viewers, and the count to viewers that joined."""
+        counts = self.counts
+        self._local_counts()
+        gone = counts.expire(now)
+        if gone:
+            metrics.COUNT_EXPIRED.inc(len(gone))
+            log.info("viewer counts: workers silent for 3 intervals forgotten",
+                     extra={"workers": ",".join(gone)})  # fmt: skip
+        if self._counts_nc is not None:
+            sent = counts.outgoing(now)
+            if sent:
+                await self._publish_counts(sent)
+                self._count_metrics()
+        pushed = set()
+        for room, n in counts.pushes(now):
+            self.hub.broadcast(room, encode_server_message(Count(room, n)))
+            pushed.add(room)
+        if self._count_owed and counts.known(now):
+            owed, self._count_owed = self._count_owed, set()
+            for v, room in owed:
+                if room not in pushed and v.state is OPEN and room in v.rooms:
+                    self.hub.reply(v, encode_server_message(Count(room, counts.total(room))))
+
+    async def _publish_counts(self, messages: list[countmsg.CountMessage]) -> None:
+        nc = self._counts_nc
+        try:
+            for m in messages:
+                await nc.publish(countmsg.SUBJECT, countmsg.encode_message(m))
+        except Exception as exc:  # NATS down: the others expire us, then catch up when it is back
+            self._count_warning("viewer counts not published: %s", exc)
+            return
+        metrics.COUNT_MESSAGES.labels("sent").inc(len(messages))
+
+    def _count_metrics(self) -> None:
+        counts = self.counts
+        metrics.CLUSTER_VIEWERS.set(counts.cluster_viewers())
+        metrics.CLUSTER_ROOMS.set(len(counts.totals))
+        metrics.COUNT_WORKERS.set(len(counts.shares) + 1)
+        if self.worker_id == 0:  # every worker knows the same: one exports the top rooms
+            top = heapq.nlargest(metrics.TOP_ROOMS, counts.totals.items(), key=lambda kv: kv[1])
+            metrics.TOP_ROOM_VIEWERS.clear()
+            for room, n in top:
+                metrics.TOP_ROOM_VIEWERS.labels(room).set(n)
+
+    def _count_warning(self, text: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._last_count_log >= 10:
+            self._last_count_log = now
+            log.warning(text, *args)
+
+    async def _stop_counts(self) -> None:
+        """A worker that stops says it has no viewers left (the others need not wait 3 intervals
+        to stop counting the ones it had)."""
+        nc = self._counts_nc
+        if nc is None or not nc.is_connected:
+            return
+        try:
+            await nc.publish(countmsg.SUBJECT, countmsg.encode_message(self.counts.farewell()))
+            await nc.flush(timeout=1)
+        except Exception as exc:
+            log.warning("viewer counts: last message not sent: %s", exc)
+
+    def _room_route(self, path: str, query: str) -> tuple[int, bytes, str]:
+        """GET /rooms/{room}: the room's viewers across the cluster. With --auth jwt, only for a
+        token (`?token=JWT`) that grants the room: a personal room's count says who is online."""
+        room = urllib.parse.unquote(path[len("/rooms/") :])
+        try:
+            check_room(room)
+        except RoomNameError as exc:
+            return 400, f"bad room: {exc}\n".encode(), "text/plain"
+        if self.auth is not None:
+            token = urllib.parse.parse_qs(query).get("token", [""])[-1]
+            if not token:
+                why = b"unauthorized: ask with ?token=JWT, a token that grants the room\n"
+                return 401, why, "text/plain"
+            try:
+                grant, _ = self.auth.verify(token)
+            except AuthError as exc:
+                return 401, f"{exc.code}: {exc}\n".encode(), "text/plain"
+            if not allowed(grant, room):
+                return 403, f"forbidden: the token does not grant {room}\n".encode(), "text/plain"
+        self._local_counts()
+        body = msgspec.json.encode({"room": room, "viewers": self.counts.total(room)})
+        return 200, body, "application/json"

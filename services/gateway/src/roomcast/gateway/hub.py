@@ -941,6 +941,36 @@ class Hub(Generic[P]):
             if room is not None:
                 room.plain = None
 
+    # ---- viewer counts ------------------------------------------------------------------------
+
+    def local_count(self, name: str) -> int:
+        """Viewers of the room on this worker: live, resuming or slow (being caught up)."""
+        room = self.rooms.get(name)
+        return 0 if room is None else len(room.viewers) + len(room.behind)
+
+    def local_counts(self) -> dict[str, int]:
+        """Every room with a viewer on this worker -> its viewers."""
+        counts = {}
+        for name, room in self.rooms.items():
+            n = len(room.viewers) + len(room.behind)
+            if n:
+                counts[name] = n
+        return counts
+
+    def broadcast(self, name: str, message: bytes) -> int:
+        """A protocol message (not a blob) to every OPEN viewer of the room, live or not, each
+        after the replies it is still owed (a `count` never overtakes the `joined` of its room).
+        Returns how many got it (or have it queued behind their replies)."""
+        room = self.rooms.get(name)
+        if room is None:
+            return 0
+        n = 0
+        for v in [*room.viewers, *room.behind]:
+            if v.state is OPEN:
+                self.reply(v, message)
+                n += 1
+        return n
+
 
 @dataclass(slots=True)
 class _Wave(Generic[P]):

@@ -137,6 +137,48 @@ CLOSES = Counter(
     ["code"], registry=REGISTRY,
 )  # fmt: skip
 
+# Viewer counts (counts.py): cluster-wide figures, the same on every worker (take `max`, not
+# `sum`, over workers). Per room only for the TOP_ROOMS most watched, from worker 0 of each group.
+TOP_ROOMS = 20
+CLUSTER_VIEWERS = Gauge(
+    "roomcast_gateway_cluster_viewers",
+    "Viewers of every room across the cluster, as this worker counts them (one viewer in two "
+    "rooms counts twice)",
+    registry=REGISTRY,
+)
+CLUSTER_ROOMS = Gauge(
+    "roomcast_gateway_cluster_rooms",
+    "Rooms with at least one viewer across the cluster, as this worker counts them",
+    registry=REGISTRY,
+)
+COUNT_WORKERS = Gauge(
+    "roomcast_gateway_count_workers",
+    "Gateway workers whose viewer counts this worker hears, itself included",
+    registry=REGISTRY,
+)
+TOP_ROOM_VIEWERS = Gauge(
+    "roomcast_gateway_top_room_viewers",
+    f"Viewers across the cluster of the {TOP_ROOMS} most watched rooms (worker 0 only)",
+    ["room"],
+    registry=REGISTRY,
+)
+COUNT_MESSAGES = Counter(
+    "roomcast_gateway_count_messages_total",
+    "Viewer-count messages on roomcast.counts, by direction (sent, received: from other workers)",
+    ["direction"],
+    registry=REGISTRY,
+)
+COUNT_GAPS = Counter(
+    "roomcast_gateway_count_gaps_total",
+    "Viewer-count messages of another worker missed (a sequence gap: its snapshot is asked for)",
+    registry=REGISTRY,
+)
+COUNT_EXPIRED = Counter(
+    "roomcast_gateway_count_workers_expired_total",
+    "Workers forgotten after 3 silent intervals (their viewers no longer counted)",
+    registry=REGISTRY,
+)
+
 
 def worker_text() -> bytes:
     """This worker's series, as the group's endpoint asks for them."""
