@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -117,3 +119,16 @@ def services(tmp_path: Path) -> Iterator[Callable[..., Service]]:
     yield start
     for svc in reversed(started):
         svc.stop()
+
+
+NODE_TESTS = Path(__file__).parent / "node"
+
+
+@pytest.fixture(scope="session")
+def node_tests() -> Path:
+    """tests/node with its locked dependencies (`ws`) installed: Node's peer of browsers."""
+    assert shutil.which("node") and shutil.which("npm"), "Node.js and npm run the Node tests"
+    if not (NODE_TESTS / "node_modules" / "ws").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_TESTS, check=True,
+                       capture_output=True, timeout=300)  # fmt: skip
+    return NODE_TESTS

@@ -147,3 +147,25 @@ def scrape(metrics_url: str, name: str) -> float:
         for s in family.samples
         if s.name == base and wanted.items() <= s.labels.items()
     )
+
+
+def run_node_tests(folder: Path, files: list[str], env: dict[str, str], timeout: float) -> None:
+    """`node --test FILES` in `folder`; fails with node's whole report unless every test passed.
+
+    Node runs each file in a child process of its own: on timeout the whole group is killed."""
+    proc = subprocess.Popen(
+        ["node", "--test", "--test-reporter=spec", *files],
+        cwd=folder,
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        raise AssertionError(f"node --test still running after {timeout} s:\n{out}") from None
+    assert proc.returncode == 0, f"node --test failed ({proc.returncode}):\n{out}"

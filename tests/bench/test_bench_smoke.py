@@ -156,3 +156,23 @@ def test_e2e_checks_every_event_and_times_it(
     assert positive(doc["events_per_s"], doc["frames_per_s"])
     assert plot.read_bytes().startswith(b"\x89PNG")
     assert "latency_samples" not in doc  # the raw sample feeds the plot, not the JSON
+
+
+def test_e2e_with_churn_viewers_resume_and_lose_nothing(
+    tmp_path: Path, nats_url: str, kafka_bootstrap: str
+) -> None:
+    """Every viewer (the Python SDK) drops its connection about every second and resumes with
+    `since`: still every event exactly once."""
+    viewers = 20
+    doc = bench(
+        tmp_path, nats_url, kafka_bootstrap, "e2e", "--viewers", str(viewers), "--rooms", "3",
+        "--rate", "100", "--duration", "4", "--window-ms", "200", "--workers", "2",
+        "--churn", "1",
+    )  # fmt: skip
+    assert doc["churn_s"] == 1
+    assert doc["lost"] == 0 and doc["duplicated"] == 0
+    assert doc["delivered_events"] == doc["expected_events"] > 0
+    # ~4 drops per viewer; each is answered `joined` recovered true, bar one still in flight.
+    assert doc["churned"] >= 2 * viewers
+    assert doc["recovered_false"] == 0 and doc["resets"] == 0
+    assert doc["churned"] - viewers <= doc["resumed"] <= doc["churned"]

@@ -400,20 +400,45 @@ def ingest(events: int, rooms: int, partitions: int, window_ms: int, **common: A
     show_default=True,
     help="on: viewers offer permessage-deflate (and inflate what they check).",
 )
+@click.option(
+    "--churn",
+    "churn_s",
+    type=click.FloatRange(0),
+    default=0,
+    metavar="P",
+    help="Each viewer drops its connection and resumes (with since) every ~P seconds "
+    "(jittered, 0.5-1.5 P); viewers are then the Python SDK. 0: no churn.",
+)
 def e2e(
-    rooms: int, rate: float, window_ms: int, partitions: int, compress: str, **common: Any
+    rooms: int,
+    rate: float,
+    window_ms: int,
+    partitions: int,
+    compress: str,
+    churn_s: float,
+    **common: Any,
 ) -> None:
     """Producers -> Kafka -> ingest -> NATS -> gateway -> viewers, checked and timed.
 
     Every viewer decodes its blobs, applies the dedup rule, and checks each room's sequence:
     events lost and duplicated must be 0. Latency is producer timestamp to viewer receipt.
+    With --churn, viewers keep dropping and resuming, and must still lose and repeat nothing;
+    the JSON adds how many rooms were resumed and how many could not be (recovered_false).
     """
     with _run("e2e", kafka=True, **common) as one:
         for v in common["viewers"]:
             one(
                 v,
                 lambda c, b: scenarios.e2e(
-                    c, b.kafka, b.nats, rooms, rate, window_ms, partitions, compress == "on"
+                    c,
+                    b.kafka,
+                    b.nats,
+                    rooms,
+                    rate,
+                    window_ms,
+                    partitions,
+                    compress=compress == "on",
+                    churn_s=churn_s,
                 ),
             )
 

@@ -5,6 +5,11 @@ viewer, a fixed handshake request, and frames counted from their headers alone. 
 scenario checks content (`inspect=True`, the e2e scenario) are blobs decoded, deduplicated
 by their positions (docs/protocol.md) and timed against the producer's timestamp.
 
+With churn (`churn_s > 0`, `bench e2e --churn`) each viewer is instead the Python SDK
+(`roomcast.client.subscribe`, a task each): it drops its connection every ~churn_s seconds
+(uniform in [0.5, 1.5] x churn_s) once it has a position in each of its rooms, and resumes
+with `since`; what it yields is checked the same way.
+
 The parent drives each process through a pipe with small commands and polls its counters;
 `LoadClients` spreads viewers over as many processes as the open-files limit needs.
 """
@@ -22,13 +27,15 @@ import threading
 import time
 import zlib
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from typing import Any
 
 import msgspec
 
-from roomcast.core.blob import decode_blob
+from roomcast.client.subscription import Status, Subscription
+from roomcast.core.blob import Blob, decode_blob
+from roomcast.core.protocol import Joined, Reset
 
 #: Viewers per load-client process: well under the 20,000 open-files limit.
 PER_PROCESS = 12_000
@@ -188,24 +195,7 @@ class _Viewer(asyncio.Protocol):
                 return
             events = events[start:]
         self.last[key] = offsets[-1]
-        expected = self.seen.get(blob.room, 0)
-        seqs = [e.seq for e in events]
-        n = len(seqs)
-        if seqs[0] == expected and seqs == list(range(expected, expected + n)):
-            accepted = events
-            expected += n
-        else:  # a duplicate or a gap: event by event
-            accepted = []
-            for e in events:
-                if e.seq < expected:
-                    c.duplicated += 1
-                    continue
-                if e.seq > expected:
-                    c.gaps += e.seq - expected
-                expected = e.seq + 1
-                accepted.append(e)
-        self.seen[blob.room] = expected
-        c.sample(accepted, time.time())
+        c.check_sequence(self.seen, blob.room, events)
 
 
 class _Client:
@@ -218,6 +208,8 @@ class _Client:
         self.port = 0
         self.inspect = False
         self.compress = False  # offer permessage-deflate in the handshake
+        self.churn_s = 0.0  # > 0: SDK viewers that drop and resume every ~churn_s seconds
+        self.subs: dict[Subscription[Any], asyncio.Task[None]] = {}
         self.stopping = False
         self.source = "127.0.0.1"
         self.reset()
@@ -230,11 +222,34 @@ class _Client:
         self.events = self.duplicated = self.gaps = self.replayed = self.bad_frames = 0
         self.lost_connections = 0
         self.failed = 0
+        self.resumed = self.recovered_false = self.resets = self.churned = 0
         self.closes: Counter[int] = Counter()
         self.rejected: Counter[str] = Counter()
         self.latencies: list[float] = []
         self._next_sample = 0  # reservoir (Algorithm L): the next event number to keep
         self._w = 0.0
+
+    def check_sequence(self, seen: dict[str, int], room: str, events: list[_Event]) -> None:
+        """Count a room's events (already deduplicated by position) against the producer's
+        sequence: one below the next expected is a duplicate, one above it a gap."""
+        expected = seen.get(room, 0)
+        seqs = [e.seq for e in events]
+        n = len(seqs)
+        if seqs[0] == expected and seqs == list(range(expected, expected + n)):
+            accepted = events
+            expected += n
+        else:  # a duplicate or a gap: event by event
+            accepted = []
+            for e in events:
+                if e.seq < expected:
+                    self.duplicated += 1
+                    continue
+                if e.seq > expected:
+                    self.gaps += e.seq - expected
+                expected = e.seq + 1
+                accepted.append(e)
+        seen[room] = expected
+        self.sample(accepted, time.time())
 
     def sample(self, events: list[_Event], now: float) -> None:
         """Count `events` as delivered and keep a uniform sample of their latencies: the first
@@ -279,13 +294,82 @@ class _Client:
         deadline: float,
         source: str,
         compress: bool = False,
+        churn_s: float = 0.0,
     ) -> None:
         self.host, self.port, self.paths, self.inspect = host, port, paths, inspect
         self.compress = compress
+        self.churn_s = churn_s
         self.source = source
         self.stopping = False
         self._requests.clear()
-        self._task = asyncio.get_running_loop().create_task(self._connect_all(paths, deadline))
+        opening = self._subscribe_all(paths) if churn_s > 0 else self._connect_all(paths, deadline)
+        self._task = asyncio.get_running_loop().create_task(opening)
+
+    async def _subscribe_all(self, paths: Sequence[str]) -> None:
+        """One SDK viewer per path, at most 200 handshakes in flight (it retries by itself)."""
+        sem = asyncio.Semaphore(200)
+        loop = asyncio.get_running_loop()
+        for path in paths:
+            query = path.partition("?")[2]
+            rooms = [v for k, _, v in (kv.partition("=") for kv in query.split("&")) if k == "room"]
+            sub: Subscription[Any] = Subscription(
+                f"ws://{self.host}:{self.port}/ws",
+                rooms,
+                messages=True,
+                on_status=self._sdk_status(),
+                compression="deflate" if self.compress else None,
+            )
+            self.subs[sub] = loop.create_task(self._sdk_viewer(sub, sem))
+
+    def _sdk_status(self) -> Callable[[Status], None]:
+        """A viewer counts as joined the first time it is live."""
+        counted = False
+
+        def on_status(status: Status) -> None:
+            nonlocal counted
+            if status.state == "live" and not counted:
+                counted = True
+                self.joined += 1
+
+        return on_status
+
+    async def _sdk_viewer(self, sub: Subscription[Any], sem: asyncio.Semaphore) -> None:
+        churn = asyncio.get_running_loop().create_task(self._churn(sub))
+        seen: dict[str, int] = {}
+        try:
+            async with sem:
+                await sub.__aenter__()  # the handshake; the next viewer may start its own
+            async for item in sub:
+                if isinstance(item, Blob):
+                    self.frames += 1
+                    try:
+                        events = _events.decode(b"[" + b",".join(item.events) + b"]")
+                    except msgspec.DecodeError:
+                        self.bad_frames += 1
+                        continue
+                    self.check_sequence(seen, item.room, events)
+                elif isinstance(item, Joined) and item.recovered is not None:
+                    if item.recovered:
+                        self.resumed += 1
+                    else:
+                        self.recovered_false += 1
+                elif isinstance(item, Reset):
+                    self.resets += 1
+        except Exception:
+            if not self.stopping:
+                self.lost_connections += 1
+        finally:
+            churn.cancel()
+            await sub.aclose()
+
+    async def _churn(self, sub: Subscription[Any]) -> None:
+        """Drop the connection every ~churn_s seconds, once every room has a position (a viewer
+        without one has nothing to resume from)."""
+        while not self.stopping:
+            await asyncio.sleep(self.churn_s * (0.5 + random.random()))
+            if all(room in sub.tracker.positions for room in sub.rooms):
+                self.churned += 1
+                await sub.reconnect()
 
     async def _connect_all(self, paths: Sequence[str], deadline: float) -> None:
         """Open every viewer, at most 200 handshakes in flight; retry refusals until done."""
@@ -335,6 +419,11 @@ class _Client:
         self.stopping = True
         if self._task is not None:
             self._task.cancel()
+        for sub, task in self.subs.items():
+            task.cancel()
+            if sub.connection is not None:
+                sub.connection.transport.abort()
+        self.subs.clear()
         for v in list(self.viewers):
             v.dropped = True
             if v.transport is not None:
@@ -344,7 +433,7 @@ class _Client:
 
     def stats(self, latencies: bool = False) -> dict[str, Any]:
         return {
-            "viewers": len(self.viewers),
+            "viewers": len(self.viewers) + sum(s.connection is not None for s in self.subs),
             "joined": self.joined,
             "frames": self.frames,
             "bytes": self.bytes,
@@ -354,6 +443,10 @@ class _Client:
             "replayed": self.replayed,
             "bad_frames": self.bad_frames,
             "lost_connections": self.lost_connections,
+            "churned": self.churned,
+            "resumed": self.resumed,
+            "recovered_false": self.recovered_false,
+            "resets": self.resets,
             "failed": self.failed,
             "closes": dict(self.closes),
             "rejected": dict(self.rejected),
@@ -388,6 +481,7 @@ async def _serve(conn: Connection) -> None:
                 arg["deadline"],
                 arg["source"],
                 arg.get("compress", False),
+                arg.get("churn_s", 0.0),
             )
             conn.send(None)
         elif cmd == "stats":
@@ -453,8 +547,10 @@ class LoadClients:
         timeout: float = 120,
         host: str = "127.0.0.1",
         compress: bool = False,
+        churn_s: float = 0.0,
     ) -> None:
-        """Start opening one viewer per path (returns at once; poll `stats()["joined"]`)."""
+        """Start opening one viewer per path (returns at once; poll `stats()["joined"]`).
+        `churn_s` > 0: SDK viewers that drop and resume every ~churn_s seconds."""
         deadline = time.time() + timeout
         self._rounds += 1
         for i, pipe in enumerate(self._pipes):
@@ -470,6 +566,7 @@ class LoadClients:
                         "deadline": deadline,
                         "source": self._source(i),
                         "compress": compress,
+                        "churn_s": churn_s,
                     },
                 )
             )

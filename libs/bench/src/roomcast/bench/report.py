@@ -62,6 +62,10 @@ _ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("dropped", "frames dropped", "{:,}"),
         ("lost", "events lost", "{:,}"),
         ("duplicated", "events duplicated", "{:,}"),
+        ("churn_s", "churn: drop and resume every", "{:g} s"),
+        ("churned", "connections dropped (churn)", "{:,}"),
+        ("resumed", "rooms resumed (recovered)", "{:,}"),
+        ("recovered_false", "rooms not recovered", "{:,}"),
     ],
     "fuzz": [
         ("cases", "cases run", "{:,}"),

@@ -118,10 +118,11 @@ def _connect_all(
     label: str,
     inspect: bool = False,
     compress: bool = False,
+    churn_s: float = 0.0,
 ) -> float:
     """Connect one viewer per path and wait for every `joined` ack; the seconds it took."""
     t0 = time.monotonic()
-    clients.connect(port, paths, inspect=inspect, compress=compress)
+    clients.connect(port, paths, inspect=inspect, compress=compress, churn_s=churn_s)
     wait_joined(
         clients,
         len(paths),
@@ -591,6 +592,7 @@ def e2e(
     window_ms: int,
     partitions: int,
     compress: bool = False,
+    churn_s: float = 0.0,
 ) -> dict[str, Any]:
     rid = stack.run_id()
     topic = f"{rid}.events"
@@ -606,7 +608,10 @@ def e2e(
     proc.start()
     try:
         with server, LoadClients(c.viewers, per_process=5000) as clients:
-            _connect_all(c, clients, server.port, paths, "e2e", inspect=True, compress=compress)
+            _connect_all(
+                c, clients, server.port, paths, "e2e", inspect=True, compress=compress,
+                churn_s=churn_s,
+            )  # fmt: skip
             clients.reset()
             t0 = time.monotonic()
             produced = asyncio.run(
@@ -641,7 +646,7 @@ def e2e(
         "workers": c.workers,
         "window_ms": window_ms,
         "compress": compress,
-        "bytes_per_frame": s["bytes"] / s["frames"] if s["frames"] else None,
+        "bytes_per_frame": s["bytes"] / s["frames"] if s["bytes"] and s["frames"] else None,
         "produced_events": sum(produced),
         "produced_events_per_s": sum(produced) / produce_s,
         "events_per_s": s["events"] / elapsed,
@@ -661,4 +666,9 @@ def e2e(
         "duplicated": s["duplicated"],
         "replayed_and_dropped_by_dedup": s["replayed"],
         "connections_lost": s["lost_connections"],
+        "churn_s": churn_s,
+        "churned": s["churned"],
+        "resumed": s["resumed"],
+        "recovered_false": s["recovered_false"],
+        "resets": s["resets"],
     }

@@ -1,45 +1,39 @@
-"""A viewer connection that survives gateway restarts: reconnect, rejoin, dedup."""
+"""`Viewer`: the SDK's first API, kept for the code that uses it; a thin layer over `subscribe()`.
+
+New code should use `roomcast.client.subscribe()`: it also resumes rooms after a reconnect and
+says when a room lost continuity. A `Viewer` does the same underneath and yields
+`ReceivedBlob`s: the blob (its events deduplicated), its frame, and the fresh events as
+(offset, JSON bytes).
+"""
 
 from __future__ import annotations
 
-import asyncio
-import logging
-import random
-import socket
-import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
 
-import msgspec
-from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
-
-from roomcast.core.blob import Blob, decode_blob
-from roomcast.core.errors import RoomcastError
+from roomcast.client.errors import ViewerClosed, describe_connect_error
+from roomcast.client.subscription import Item, Status, Subscription
+from roomcast.core.blob import Blob, encode_blob, sequenced
 from roomcast.core.positions import Deduper
-from roomcast.core.protocol import CloseCode, message_type
-from roomcast.core.rooms import check_room
+from roomcast.core.protocol import Joined
 
-log = logging.getLogger("roomcast.client")
-
-
-class ViewerClosed(RoomcastError):
-    """The gateway closed the connection with a code that says not to come back."""
-
-    def __init__(self, code: int | None, reason: str) -> None:
-        super().__init__(f"gateway closed the connection: code {code} {reason!r}")
-        self.code = code
-        self.reason = reason
-
+__all__ = [
+    "ConnectionStatus",
+    "ReceivedBlob",
+    "Viewer",
+    "ViewerClosed",
+    "describe_connect_error",
+    "wire_bytes",
+]
 
 State = Literal["connecting", "retrying", "connected", "reconnected", "lost"]
 
 
 @dataclass(frozen=True, slots=True)
 class ConnectionStatus:
-    """What the connection is doing, for whoever shows it to a person (`roomcast watch`).
+    """What the connection is doing, for whoever shows it to a person.
 
     `state` is "connecting" (an attempt starts), "retrying" (it failed: `error`, next try in
     `retry_in_s`), "connected" (first connection), "reconnected" (again, after a loss) or
@@ -52,21 +46,6 @@ class ConnectionStatus:
     retry_in_s: float = 0.0
 
 
-def describe_connect_error(exc: BaseException) -> str:
-    """A failed connection attempt in a few words: "connection refused", "HTTP 503", ..."""
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, InvalidStatus):
-        return f"gateway answered HTTP {exc.response.status_code}"
-    if isinstance(exc, TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, socket.gaierror):
-        return f"cannot resolve the host ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror[0].lower() + exc.strerror[1:]
-    return str(exc) or type(exc).__name__
-
-
 @dataclass(frozen=True, slots=True)
 class ReceivedBlob:
     """A blob as received, with the events not seen before (`fresh`) as (offset, JSON bytes)."""
@@ -76,17 +55,14 @@ class ReceivedBlob:
     fresh: list[tuple[int, bytes]]
 
 
-def _resumable(code: int | None) -> bool:
-    if code is None:
-        return True  # connection lost without a close frame
-    try:
-        return CloseCode(code).resumable
-    except ValueError:
-        return 1000 < code < 4000 and code not in (1002, 1003, 1007, 1008, 1009, 1010)
+def wire_bytes(blob: Blob) -> bytes:
+    """The blob as the gateway frames it (with its position in front when it has one)."""
+    data = encode_blob(blob.room, blob.partition, blob.offsets, [bytes(e) for e in blob.events])
+    return sequenced(data, blob.epoch, blob.seq, blob.prev) if blob.seq else data
 
 
 class Viewer:
-    """Joins rooms on a roomcast gateway and yields blobs, reconnecting as needed."""
+    """Joins rooms on a roomcast gateway and yields blobs, reconnecting and resuming as needed."""
 
     def __init__(
         self,
@@ -101,60 +77,50 @@ class Viewer:
         on_status: Callable[[ConnectionStatus], None] | None = None,
         token: str = "",
     ) -> None:
-        self.rooms = [check_room(r) for r in rooms]
         self.url = url
-        self.reconnect = reconnect
-        self.backoff_initial_s = backoff_initial_s
-        self.backoff_max_s = backoff_max_s
-        self.open_timeout_s = open_timeout_s
         self.on_joined = on_joined
         self.on_status = on_status
-        self.token = token  # a viewer token (gateway --auth jwt), sent in the URL
         self.joined: set[str] = set()  # rooms the gateway confirmed on this connection
-        self.dedup = Deduper()
         self.connects = 0
-        self._ws: ClientConnection | None = None
-        self._closed = False
+        self._announce = True  # the next recovering/live state is a (re)connection
+        self.subscription: Subscription[Item] = Subscription(
+            url,
+            rooms,
+            token=token or None,
+            messages=True,
+            on_status=self._status,
+            reconnect=reconnect,
+            backoff_base_s=backoff_initial_s,
+            backoff_cap_s=backoff_max_s,
+            open_timeout_s=open_timeout_s,
+        )
+        self.rooms = self.subscription.rooms
 
-    def _room_url(self) -> str:
-        parts = urllib.parse.urlsplit(self.url)
-        query = urllib.parse.parse_qsl(parts.query) + [("room", r) for r in self.rooms]
-        if self.token:
-            query.append(("token", self.token))
-        return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    @property
+    def dedup(self) -> Deduper:
+        return self.subscription.tracker.dedup
 
-    def _status(self, state: State, error: str = "", retry_in_s: float = 0.0) -> None:
+    def _emit(self, state: State, error: str = "", retry_in_s: float = 0.0) -> None:
         if self.on_status is not None:
             self.on_status(ConnectionStatus(state, self.url, error, retry_in_s))
 
-    async def _connect(self) -> ClientConnection:
-        delay = self.backoff_initial_s
-        self._status("connecting")
-        while True:
-            try:
-                ws = await connect(
-                    self._room_url(),
-                    open_timeout=self.open_timeout_s,
-                    compression=None,
-                    max_size=None,
-                )
-                self.connects += 1
-                self._status("connected" if self.connects == 1 else "reconnected")
-                return ws
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                if isinstance(exc, InvalidStatus) and exc.response.status_code in (400, 401, 403):
-                    raise  # the gateway said no for good: a bad room name, say
-                if not self.reconnect:
-                    raise
-                # Full jitter: a gateway restart must not bring every viewer back at once.
-                wait = random.uniform(0, delay)
-                log.info("connect to %s failed (%s); retrying in %.2fs", self.url, exc, wait)
-                self._status("retrying", describe_connect_error(exc), wait)
-                await asyncio.sleep(wait)
-                delay = min(delay * 2, self.backoff_max_s)
+    def _status(self, s: Status) -> None:
+        if s.state == "connecting":
+            self._announce = True
+            if s.lost:
+                self.joined.clear()
+                self._emit("lost", s.error)
+            elif s.error:
+                self._emit("retrying", s.error, s.retry_in_s)
+            else:
+                self._emit("connecting")
+        elif s.state in ("recovering", "live") and self._announce:
+            self._announce = False
+            self.connects += 1
+            self._emit("connected" if self.connects == 1 else "reconnected")
 
     async def __aenter__(self) -> Viewer:
-        self._ws = await self._connect()
+        await self.subscription.__aenter__()
         return self
 
     async def __aexit__(
@@ -163,51 +129,18 @@ class Viewer:
         await self.close()
 
     async def close(self) -> None:
-        self._closed = True
-        if self._ws is not None:
-            await self._ws.close()
+        await self.subscription.aclose()
 
     async def send(self, message: bytes) -> None:
         """Send a raw protocol message (join/leave/ping JSON) on the current connection."""
-        assert self._ws is not None, "use `async with Viewer(...)` first"
-        await self._ws.send(message.decode())
+        await self.subscription.send(message)
 
     async def __aiter__(self) -> AsyncIterator[ReceivedBlob]:
-        if self._ws is None:
-            self._ws = await self._connect()
-        while not self._closed:
-            try:
-                async for data in self._ws:
-                    raw = data.encode() if isinstance(data, str) else data
-                    kind = message_type(raw)
-                    if kind == "joined":
-                        room = msgspec.json.decode(raw)["room"]
-                        self.joined.add(room)
-                        if self.on_joined is not None:
-                            self.on_joined(room)
-                    if kind != "blob":
-                        continue
-                    blob = decode_blob(raw)
-                    yield ReceivedBlob(raw, blob, self.dedup.fresh(blob))
-            except ConnectionClosed:
-                pass
-            except msgspec.DecodeError as exc:
-                raise RoomcastError(f"not a roomcast message from the gateway: {exc}") from None
-            code, reason = self._close_info(self._ws)
-            if self._closed:
-                return
-            if not (self.reconnect and _resumable(code)):
-                raise ViewerClosed(code, reason)
-            log.info("connection closed (%s %s); reconnecting", code, reason)
-            self._status(
-                "lost",
-                "no close frame" if code is None else f"gateway closed it: {code} {reason}".strip(),
-            )
-            self.joined.clear()
-            self._ws = await self._connect()
-
-    @staticmethod
-    def _close_info(ws: ClientConnection) -> tuple[int | None, str]:
-        """The close code the gateway sent (None: the connection was lost without one)."""
-        rcvd = ws.protocol.close_rcvd
-        return (None, "") if rcvd is None else (rcvd.code, rcvd.reason)
+        async for item in self.subscription:
+            if isinstance(item, Joined):
+                self.joined.add(item.room)
+                if self.on_joined is not None:
+                    self.on_joined(item.room)
+            elif isinstance(item, Blob):
+                fresh = [(o, bytes(e)) for o, e in zip(item.offsets, item.events, strict=True)]
+                yield ReceivedBlob(wire_bytes(item), item, fresh)

@@ -26,9 +26,9 @@ from roomcast.core.blob import sequenced
 from roomcast.core.errors import RoomNameError
 from roomcast.core.frames import Deflater
 from roomcast.core.protocol import CloseCode, Count, Position, encode_server_message
-from roomcast.core.rooms import check_room
+from roomcast.core.rooms import ALL_ROOM, check_room
 from roomcast.gateway import counts as countmsg
-from roomcast.gateway import metrics
+from roomcast.gateway import metrics, static
 from roomcast.gateway.auth import AuthError, ClientAddress, Verifier, allowed, parse_origins
 from roomcast.gateway.config import GatewayConfig
 from roomcast.gateway.connection import Viewer
@@ -121,6 +121,7 @@ class Gateway:
         # content type). Exact paths, then prefixes in order.
         self.routes: dict[str, Route] = {}
         self.prefix_routes: list[tuple[str, Route]] = []
+        self.routes["/client.js"] = static.client_js
         # Viewer counts across the cluster (counts.py), over the feed's NATS connection.
         self.counts = Counts(
             f"{secrets.token_hex(6)}-{worker_id}", cfg.count_interval_s, time.monotonic()
@@ -133,7 +134,7 @@ class Gateway:
 
     async def connect(self) -> None:
         if isinstance(self.feed, NatsFeed):
-            self.feed.on_reconnected = self._check_epoch
+            self.feed.on_reconnected = self._reconnected
         await self.feed.start(self.on_blob)
         await self._start_counts()
         self.started = True
@@ -387,6 +388,10 @@ class Gateway:
                 self._flush_scheduled = True
                 self._loop.call_soon(self._flush)
 
+    def _reconnected(self) -> None:
+        self._check_epoch()
+        self._resync()
+
     def _check_epoch(self) -> None:
         """Read the epoch again (after a NATS reconnect; blobs before it is known)."""
         if self._epoch_task is None or self._epoch_task.done():
@@ -443,26 +448,28 @@ class Gateway:
             self._reading.discard(room)
             self._service_history()
 
-    async def _fill(self, room: str) -> None:
-        """Blobs of the room never arrived (a gap in the chain): read them from the history;
-        everything held behind them then goes out in order."""
+    async def _fill(self, room: str, sync: bool = False) -> None:
+        """Blobs of the room never arrived (a gap in the chain), or may not have (`sync`: NATS
+        was disconnected): read them from the history; everything held behind them then goes
+        out in order."""
         hub = self.hub
-        metrics.HISTORY_GAPS.inc()
+        counted = False
         try:
             while True:
                 log_ = hub.log_for(room)
-                if log_ is None or log_.gap() is None:
+                if log_ is None or log_.last < 0:
                     return
                 gap = log_.gap()
-                assert gap is not None
-                start, stop = gap
+                if gap is None and not sync:
+                    return
+                start, stop = gap if gap is not None else (log_.last + 1, None)
                 found: list[tuple[int, bytes]] = []
                 try:
                     seq = start
                     while len(found) <= hub.max_replay_blobs:
                         got = await self.feed.history(room, seq, 256)
-                        found += [(s, d) for s, d in got if s < stop]
-                        if not got or got[-1][0] >= stop - 1:
+                        found += [(s, d) for s, d in got if stop is None or s < stop]
+                        if not got or (stop is not None and got[-1][0] >= stop - 1):
                             break
                         seq = got[-1][0] + 1
                 except Exception as exc:
@@ -472,6 +479,14 @@ class Gateway:
                     continue
                 if hub.log_for(room) is not log_:
                     return
+                sync = False
+                if gap is None and log_.held:
+                    continue  # a hole showed meanwhile: read again, up to what is held
+                if gap is None and not found:
+                    return  # nothing was missed
+                if not counted and (found or log_.held):
+                    counted = True
+                    metrics.HISTORY_GAPS.inc()
                 entries, whole = log_.fill(found)
                 self._fanout([(room, e.data) for e in entries], time.perf_counter())
                 if not whole:
@@ -480,9 +495,18 @@ class Gateway:
                     hub.reset_room(room)
                 hub.settle_room(room)
                 self._service_history()
-                return
         finally:
             self._filling.discard(room)
+
+    def _resync(self) -> None:
+        """NATS reconnected: what was published meanwhile never reached this worker. Read each
+        room's history after its newest blob here (its chain says if anything was missed)."""
+        hub = self.hub
+        for room in [*hub.rooms, ALL_ROOM]:
+            log_ = hub.log_for(room)
+            if log_ is not None and log_.last >= 0 and room not in self._filling:
+                self._filling.add(room)
+                self._spawn(self._fill(room, sync=True))
 
     def _service_history_counters(self) -> None:
         """The hub's counters into the metrics (what changed since the last time)."""

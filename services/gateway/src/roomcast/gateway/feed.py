@@ -30,6 +30,9 @@ OnBlob = Callable[[str, bytes, float, int, int], None]
 """(room, blob, when its oldest event was produced: Unix seconds, 0.0 if unknown, its `seq` in
 the history and the room's previous `seq`: 0, 0 for a blob that did not come from the history)."""
 
+HISTORY_BATCH_BYTES = 8 * 1024 * 1024
+"""At most this much of a room's history per direct-get batch."""
+
 PRODUCED_HEADER = "Roomcast-Produced-Ms"
 """Set by ingest on each blob: the Kafka timestamp (ms) of its oldest event."""
 
@@ -168,9 +171,14 @@ class NatsFeed:
         nc = self.nc
         assert nc is not None
         inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox, pending_msgs_limit=limit + 8)
+        sub = await nc.subscribe(
+            inbox, pending_msgs_limit=limit + 8, pending_bytes_limit=2 * HISTORY_BATCH_BYTES
+        )
         request = {"seq": max(1, start), "next_by_subj": f"{self.history_prefix}.{room}"}
+        # The server ends a batch early past max_bytes: big blobs come in several batches
+        # rather than overflow this subscription (which would drop some).
         request["batch"] = limit
+        request["max_bytes"] = HISTORY_BATCH_BYTES
         out: list[tuple[int, bytes]] = []
         try:
             await nc.publish(
