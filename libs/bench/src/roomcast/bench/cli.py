@@ -8,6 +8,7 @@ is described in docs/benchmarks.md.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -440,6 +441,178 @@ def e2e(
                     churn_s=churn_s,
                 ),
             )
+
+
+_CHAOS_COLUMNS = [
+    ("name", "scenario", "{}"),
+    ("produced", "produced", "{:,}"),
+    ("delivered", "delivered", "{:,}"),
+    ("lost", "lost", "{:,}"),
+    ("duplicated", "duplicated", "{:,}"),
+    ("recovered_false", "recovered:false", "{:,}"),
+    ("max_gap_s", "max gap s", "{:.2f}"),
+    ("p99_ms_calm", "p99 ms calm", "{:,.0f}"),
+    ("p99_ms_fault", "p99 ms fault", "{:,.0f}"),
+]
+
+
+def chaos_table(results: list[dict[str, Any]]) -> str:
+    """The scenarios as a Markdown table (what docs/reliability.md shows)."""
+    head = "| " + " | ".join(title for _, title, _ in _CHAOS_COLUMNS) + " |"
+    rule = "|" + "---|" * len(_CHAOS_COLUMNS)
+    rows = []
+    for r in results:
+        cells = []
+        for key, _, fmt in _CHAOS_COLUMNS:
+            v = r.get(key)
+            cells.append("-" if v is None else fmt.format(v))
+        rows.append("| " + " | ".join(cells) + " |")
+        if r.get("error") or r.get("fault_error"):
+            rows.append(f"|   ^ {r.get('error') or r.get('fault_error')} |")
+    return "\n".join([head, rule, *rows])
+
+
+def _scenario_list(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> list[str] | None:
+    from roomcast.bench.chaos import scenario_names
+
+    if not value:
+        return None
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    unknown = [n for n in names if n not in scenario_names()]
+    if unknown:
+        raise click.BadParameter(
+            f"unknown scenario {', '.join(unknown)}; known: {', '.join(scenario_names())}"
+        )
+    return names
+
+
+@bench.command()
+@click.option("--short", is_flag=True, help="Every scenario briefly, at small scale (the tests).")
+@click.option("--only", callback=_scenario_list, metavar="NAME,...",
+              help="Play only these scenarios (names as in the table).")  # fmt: skip
+@click.option("--viewers", type=click.IntRange(1), help="Steady viewers per scenario.")
+@click.option("--storm-viewers", type=click.IntRange(1),
+              help="Viewers dropped at once in the reconnect storm.")  # fmt: skip
+@click.option("--rooms", type=click.IntRange(1), help="Rooms per scenario.")
+@click.option("--rate", type=click.FloatRange(1), help="Events per second over all rooms.")
+@click.option("--calm-s", type=click.FloatRange(1), help="Steady load before each fault.")
+@click.option("--after-s", type=click.FloatRange(1), help="Steady load after it is healed.")
+@click.option("--pause-s", type=click.FloatRange(1), help="How long SIGSTOP lasts.")
+@click.option("--client", type=click.Choice(["sdk", "plain"]),
+              help="Viewers: the Python SDK (default), or plain resuming clients.")  # fmt: skip
+@click.option("--kafka-brokers", type=click.IntRange(1, 3),
+              help="KRaft nodes (default 3: they fit in memory here, ~370 MiB each).")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write {\"scenarios\": [...]} here.")  # fmt: skip
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Broker data and process logs (default: a temporary directory).")  # fmt: skip
+def chaos(
+    short: bool,
+    only: list[str] | None,
+    json_path: Path | None,
+    state_dir: Path | None,
+    **sizes: Any,
+) -> None:
+    """A whole cluster on loopback under faults, every event checked.
+
+    Starts Kafka (3 brokers), 3 NATS nodes (JetStream, 3 replicas), 2 ingest processes in one
+    group and 2 gateways of 2 workers, then plays each scenario under steady load: a calm
+    phase, one fault (kill -9 an ingest process, a NATS node, a gateway worker; restart
+    Kafka; restart NATS node by node; drain a gateway; a viewer that stops reading; every
+    viewer dropped at once; SIGSTOP the NATS node ingest or a gateway uses, or a gateway),
+    load after it, and a drain. Producers number every event per room; every viewer resumes on
+    reconnect and the checker counts, per viewer and room, events lost (a gap nobody announced with
+    recovered:false), duplicated and out of order, the longest silence and p99 latency in the
+    calm phase and during the fault. Exits 1 if any scenario lost or duplicated an event.
+    Never runs against ROOMCAST_NATS / ROOMCAST_KAFKA: it kills brokers.
+
+    \b
+    Examples:
+      roomcast bench chaos --short
+      roomcast bench chaos --json docs/bench/chaos.json
+      roomcast bench chaos --only nats-kill,gateway-drain --viewers 500
+    """
+    from roomcast.bench import chaos as ch
+
+    opts = ch.options(short, **sizes)
+    progress = _Progress()
+    tmp = None
+    if state_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="roomcast-chaos-")
+        state_dir = Path(tmp.name)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+    def one(r: dict[str, Any]) -> None:
+        progress.done()
+        click.echo(
+            f"{r['name']}: lost {r.get('lost', '-')}, duplicated {r.get('duplicated', '-')}"
+            + (
+                f" ({r.get('error') or r.get('fault_error')})"
+                if r.get("error") or r.get("fault_error")
+                else ""
+            ),
+            err=True,
+        )
+
+    try:
+        results, cluster = ch.run(opts, state_dir, progress, only=only, on_result=one)
+    except KeyboardInterrupt:
+        progress.done()
+        raise click.Abort() from None
+    except (TimeoutError, OSError, RuntimeError, RoomcastError) as exc:
+        progress.done()
+        raise click.ClickException(f"chaos: {exc} (logs under {state_dir / 'logs'})") from None
+    progress.done()
+    click.echo(chaos_table(results))
+    doc = {
+        "scenario": "chaos",
+        "short": short,
+        "started_at": started,
+        "options": dataclasses.asdict(opts),
+        "machine": {
+            "cpus": CPUS,
+            "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "cluster": cluster,
+        "scenarios": results,
+    }
+    if json_path is not None:
+        json_path.write_text(json.dumps(doc, indent=2) + "\n")
+        click.echo(f"figures written to {json_path}", err=True)
+    if tmp is not None:
+        tmp.cleanup()
+    if any(r.get("error") or r.get("lost") or r.get("duplicated") for r in results):
+        raise SystemExit(1)
+
+
+@bench.command("nats")
+@click.option("--messages", type=click.IntRange(1000), default=50_000, show_default=True)
+@click.option("--bytes", "size", type=click.IntRange(1, 65536), default=300, show_default=True)
+@click.option("--rounds", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def nats_rates(messages: int, size: int, rounds: int, json_path: Path | None) -> None:
+    """NATS message rates on a fresh 3-node cluster on loopback (the chaos cluster's NATS).
+
+    JetStream publishes acknowledged per second into a stream of 3 replicas from one nats-py
+    publisher, and core messages per second from one node to a subscriber on another.
+    """
+    from roomcast.bench.chaos import nats_rates as measure
+
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="roomcast-nats-") as tmp:
+        for i in range(rounds):
+            runs.append(measure(Path(tmp) / str(i), messages, size))
+            click.echo(
+                f"round {i + 1}: JetStream R3 {runs[-1]['jetstream_r3_acked_per_s']:,} acked/s, "
+                f"core through a route {runs[-1]['core_routed_per_s']:,} msgs/s"
+            )
+    if json_path is not None:
+        json_path.write_text(json.dumps({"scenario": "nats", "runs": runs}, indent=2) + "\n")
 
 
 def _categories(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:

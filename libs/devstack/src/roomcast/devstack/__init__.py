@@ -6,8 +6,15 @@
 See docs/devstack.md.
 """
 
-from roomcast.devstack.kafka import LocalKafka, kafka_classpath
-from roomcast.devstack.nats import LocalNats
+from roomcast.devstack.kafka import LocalKafka, LocalKafkaCluster, kafka_classpath
+from roomcast.devstack.nats import LocalNats, LocalNatsCluster
 from roomcast.devstack.process import BrokerError
 
-__all__ = ["BrokerError", "LocalKafka", "LocalNats", "kafka_classpath"]
+__all__ = [
+    "BrokerError",
+    "LocalKafka",
+    "LocalKafkaCluster",
+    "LocalNats",
+    "LocalNatsCluster",
+    "kafka_classpath",
+]

@@ -105,11 +105,24 @@ class LocalKafka:
         timeout: float = 90,
         heap: str = "768m",
         scram_users: dict[str, str] | None = None,
+        controller_port: int | None = None,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
     ) -> None:
         self.state_dir = Path(state_dir)
         picked = free_ports(2)
         self.port = port or picked[0]
-        self.controller_port = picked[1] if picked[1] != self.port else picked[0]
+        self.controller_port = controller_port or (
+            picked[1] if picked[1] != self.port else picked[0]
+        )
+        # A member of a cluster (`LocalKafkaCluster`): its id, every controller (`ID@HOST:PORT`,
+        # comma-separated), the cluster's id, and the replication its internal topics get.
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id or _cluster_id()
+        self.replication = replication
         self.topics = {DEFAULT_TOPIC: DEFAULT_PARTITIONS} if topics is None else topics
         self.timeout = timeout
         self.heap = heap
@@ -145,8 +158,8 @@ class LocalKafka:
         data = self.state_dir / "data"
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
             "listeners": f"PLAINTEXT://127.0.0.1:{self.port},"
             f"CONTROLLER://127.0.0.1:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
@@ -156,12 +169,15 @@ class LocalKafka:
             "log.dirs": str(data),
             "num.partitions": str(DEFAULT_PARTITIONS),
             # One node: no replication, and no waiting for members that will never come.
-            "offsets.topic.replication.factor": "1",
+            # In a cluster, internal topics on every member, and a write needs two of three.
+            "offsets.topic.replication.factor": str(self.replication),
             "offsets.topic.num.partitions": "8",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "transaction.state.log.replication.factor": str(self.replication),
+            "transaction.state.log.min.isr": str(min(2, self.replication)),
+            "share.coordinator.state.topic.replication.factor": str(self.replication),
+            "share.coordinator.state.topic.min.isr": str(min(2, self.replication)),
+            "default.replication.factor": str(self.replication),
+            "min.insync.replicas": str(min(2, self.replication)),
             "group.initial.rebalance.delay.ms": "0",
             # After a kill -9 the restarted node must wait for its old registration's session
             # to expire before it serves (9 s by default): keep that short on one machine.
@@ -185,6 +201,24 @@ class LocalKafka:
         return path
 
     def start(self) -> LocalKafka:
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self) -> None:
+        """Until the broker listens and has the topics it was asked for."""
+        assert self._proc is not None
+        wait_for_port(self.port, self._proc, self.timeout)
+        if self.topics:
+            deadline = time.monotonic() + self.timeout
+            asyncio.run(self._create_topics(self.topics, deadline))
+
+    def launch(self) -> None:
+        """Format the storage (first time only) and start the JVM; `wait_ready` waits for it."""
         check_port_free(self.port, "Kafka", "--kafka-port")
         java = java_binary()
         classpath = kafka_classpath()
@@ -208,7 +242,7 @@ class LocalKafka:
                 for a in ("--add-scram", f"{mech}=[name={user},password={password}]")
             ]
             fmt = subprocess.run(
-                jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={_cluster_id()}",
+                jvm + ["kafka.tools.StorageTool", "format", f"--cluster-id={self.cluster_id}",
                        "--config", str(config), *scram],
                 capture_output=True, text=True,
             )  # fmt: skip
@@ -217,19 +251,14 @@ class LocalKafka:
                     f"formatting Kafka storage in {self.state_dir} failed:\n"
                     + "\n".join((fmt.stdout + fmt.stderr).splitlines()[-25:])
                 )
-        self._proc = ManagedProcess("kafka", jvm + ["kafka.Kafka", str(config)], self.log_path)
+        name = "kafka" if self.node_id == 1 and "," not in self.voters else f"kafka-{self.node_id}"
+        self._proc = ManagedProcess(name, jvm + ["kafka.Kafka", str(config)], self.log_path)
         self._proc.start()
-        try:
-            wait_for_port(self.port, self._proc, self.timeout)
-            deadline = time.monotonic() + self.timeout
-            asyncio.run(self._create_topics(self.topics, deadline))
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     async def _create_topics(self, topics: dict[str, int], deadline: float) -> None:
-        await _create_topics(self.bootstrap, topics, deadline, self._proc, self.log_path)
+        await _create_topics(
+            self.bootstrap, topics, deadline, self._proc, self.log_path, self.replication
+        )
 
     def create_topic(self, name: str, partitions: int = DEFAULT_PARTITIONS) -> str:
         asyncio.run(self._create_topics({name: partitions}, time.monotonic() + self.timeout))
@@ -257,6 +286,7 @@ async def _create_topics(
     deadline: float,
     proc: ManagedProcess | None = None,
     log_path: Path | None = None,
+    replication: int = 1,
 ) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import KafkaError, TopicAlreadyExistsError
@@ -269,7 +299,7 @@ async def _create_topics(
         try:
             await admin.start()
             existing = set(await admin.list_topics())
-            wanted = [NewTopic(t, n, 1) for t, n in topics.items() if t not in existing]
+            wanted = [NewTopic(t, n, replication) for t, n in topics.items() if t not in existing]
             if wanted:
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics(wanted)
@@ -281,6 +311,86 @@ async def _create_topics(
         await asyncio.sleep(0.3)
     tail = f"; last lines of {log_path}:\n{proc.log_tail()}" if proc and log_path else ""
     raise BrokerError(f"Kafka at {bootstrap} did not answer in time ({last}){tail}")
+
+
+class LocalKafkaCluster:
+    """`size` KRaft nodes, each broker and controller, on loopback: one cluster.
+
+    Every node is a voter of the controller quorum, with its own ports and data directory;
+    internal topics and `topics` get `size` replicas (at most 3) and need two in sync to take a
+    write. Any one node can be stopped and started again (same ports, same data).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str,
+        size: int = 3,
+        topics: dict[str, int] | None = None,
+        timeout: float = 120,
+        heap: str = "512m",
+    ) -> None:
+        ports = free_ports(2 * size)
+        voters = ",".join(f"{i + 1}@127.0.0.1:{ports[size + i]}" for i in range(size))
+        cluster_id = _cluster_id()
+        self.topics = {DEFAULT_TOPIC: DEFAULT_PARTITIONS} if topics is None else topics
+        self.replication = min(3, size)
+        self.nodes = [
+            LocalKafka(
+                Path(state_dir) / f"k{i + 1}",
+                port=ports[i],
+                controller_port=ports[size + i],
+                topics={},
+                timeout=timeout,
+                heap=heap,
+                node_id=i + 1,
+                voters=voters,
+                cluster_id=cluster_id,
+                replication=self.replication,
+            )
+            for i in range(size)
+        ]
+        self.timeout = timeout
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    def start(self) -> LocalKafkaCluster:
+        try:
+            for node in self.nodes:  # all at once: a node waits for a quorum of the others
+                node.launch()
+            for node in self.nodes:
+                node.wait_ready()
+            proc = self.nodes[0].process
+            asyncio.run(
+                _create_topics(
+                    self.bootstrap,
+                    self.topics,
+                    time.monotonic() + self.timeout,
+                    proc,
+                    self.nodes[0].log_path,
+                    self.replication,
+                )
+            )
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def alive(self) -> bool:
+        return all(n.alive() for n in self.nodes)
+
+    def __enter__(self) -> LocalKafkaCluster:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
 
 
 def ensure_topics(bootstrap: str, topics: dict[str, int], timeout: float = 30) -> None:
