@@ -16,6 +16,10 @@ PUBLISH_LATENCY = Histogram(
     "From publishing a blob to JetStream's ack",
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+HELD = Gauge(
+    "roomcast_ingest_held_blobs",
+    "Blobs waiting for an earlier blob of their room to be acked (kept in order)",
+)
 REPUBLISHED = Counter("roomcast_ingest_republished_total", "Blobs sent again after no ack in time")
 DEAD_LETTERS = Counter(
     "roomcast_ingest_dead_letters_total", "Records sent to the dead-letter topic", ["reason"]

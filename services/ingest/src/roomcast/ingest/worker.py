@@ -34,8 +34,10 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     for_code,
 )
+from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
-from nats.js.errors import NoStreamResponseError, NotFoundError
+from nats.js.client import JetStreamContext
+from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 
 from roomcast.core.blob import PRODUCED_HEADER, check_event, validate_json
 from roomcast.core.errors import EventError
@@ -122,8 +124,28 @@ def stream_settings(existing: StreamConfig, wanted: StreamConfig) -> StreamConfi
     return None if update == existing else update
 
 
+class _JetStream(JetStreamContext):  # type: ignore[misc]
+    """nats-py's JetStream context, with publish_async's refusals delivered to the ack future.
+
+    nats-py (2.16 at least) raises the error of a refused publish (a stream answering
+    "409 duplicate message id is in process", "503", "message size exceeds maximum", ...) inside
+    its reply handler instead of setting it on the future (nats.py issue 985): the future stayed
+    pending until the ack timeout and the error only reached the connection's error callback.
+    Here it fails the future at once, so the blob is retried after a short pause."""
+
+    async def _handle_async_reply(self, msg: Msg) -> None:
+        try:
+            await super()._handle_async_reply(msg)
+        except APIError as exc:
+            token = msg.subject[len(self._nc._inbox_prefix) + 22 + 2 :]  # as nats-py parses it
+            future = self._publish_async_futures.get(token)
+            if future is not None and not future.done():
+                future.set_exception(exc)
+
+
 @dataclass(slots=True)
 class _InFlight:
+    seq: int
     blob: PendingBlob
     subject: str
     data: bytes
@@ -163,7 +185,13 @@ class IngestWorker:
         self.cfg = config
         self.window = MergeWindow(config.window_s, config.max_blob_events, config.max_blob_bytes)
         self.offsets: dict[int, PartitionOffsets] = {}
-        self.in_flight: dict[int, _InFlight] = {}  # insertion order = publish order
+        # Every blob handed to JetStream and not yet acked, oldest first. Per room (history
+        # subject) only the oldest is ever sent: the others wait in `_rooms_unacked` behind it.
+        self.in_flight: dict[int, _InFlight] = {}
+        self._rooms_unacked: dict[str, deque[_InFlight]] = {}  # subject -> its unacked, in order
+        self._sent: dict[int, _InFlight] = {}  # the blobs sent and not acked, by time of sending
+        self.held = 0  # blobs waiting for an earlier blob of their room to be acked
+        self._tasks: set[asyncio.Task[None]] = set()
         self.backlog: deque[PendingBlob] = deque()  # due blobs waiting for NATS to come back
         self.stats = _Stats()
         self._seq = 0
@@ -195,7 +223,7 @@ class IngestWorker:
             try:
                 if self._nc is None:
                     self._nc = await self._nats_client()
-                    self._js = self._nc.jetstream(publish_async_max_pending=100_000)
+                    self._js = _JetStream(self._nc, publish_async_max_pending=100_000)
                 await self._ensure_stream()
                 self._stream_ready = True
                 return
@@ -518,14 +546,33 @@ class IngestWorker:
         if self.backlog or not self._nats_up():
             self.backlog.append(blob)
             return
-        self._seq += 1
-        entry = _InFlight(blob, self._subject(blob.room), blob.encode())
-        self.in_flight[self._seq] = entry
-        await self._send(self._seq, entry)
+        await self._enqueue(blob)
 
-    async def _send(self, seq: int, entry: _InFlight) -> None:
+    async def _enqueue(self, blob: PendingBlob) -> None:
+        """Send `blob` now, unless an earlier blob of its room is not acked yet: then it waits,
+        in order, and is sent once that one is (see `_acked`).
+
+        This is what keeps every room's history in Kafka order whatever fails: a publish that
+        errs or times out (a leader change, a reconnect, a refusal) is retried, with the same
+        Nats-Msg-Id, before the room's next blob is even sent, so no later blob of the room can
+        be stored ahead of it. Rooms do not wait for each other: the pipeline stays full."""
+        self._seq += 1
+        subject = self._subject(blob.room)
+        entry = _InFlight(self._seq, blob, subject, blob.encode())
+        self.in_flight[entry.seq] = entry
+        queue = self._rooms_unacked.get(subject)
+        if queue is not None:
+            queue.append(entry)
+            self.held += 1
+            return
+        self._rooms_unacked[subject] = deque((entry,))
+        await self._send(entry)
+
+    async def _send(self, entry: _InFlight) -> None:
         entry.attempts += 1
         entry.sent_at = time.monotonic()
+        self._sent.pop(entry.seq, None)  # re-inserted: `_sent` stays in order of sending
+        self._sent[entry.seq] = entry
         headers = {"Nats-Msg-Id": entry.blob.msg_id}
         if entry.blob.produced_ms >= 0:  # the gateways' delivery latency starts here
             headers[PRODUCED_HEADER] = str(entry.blob.produced_ms)
@@ -535,8 +582,16 @@ class IngestWorker:
             self._publish_failed(exc, entry)
             entry.future = None
             return
+        if self.in_flight.get(entry.seq) is not entry:  # handed over meanwhile
+            fut.cancel()
+            return
         entry.future = fut
-        fut.add_done_callback(lambda f, seq=seq, entry=entry: self._acked(seq, entry, f))
+        fut.add_done_callback(lambda f, entry=entry: self._acked(entry, f))
+
+    def _send_soon(self, entry: _InFlight) -> None:
+        task = asyncio.ensure_future(self._send(entry))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _publish_failed(self, exc: BaseException, entry: _InFlight) -> None:
         """Count every failed publish; say so at most every 10 s, with how many since."""
@@ -564,7 +619,7 @@ class IngestWorker:
         if not task.cancelled() and task.exception() is not None:
             log.warning("cannot set up stream %s: %s", self.cfg.stream, task.exception())
 
-    def _acked(self, seq: int, entry: _InFlight, fut: asyncio.Future[Any]) -> None:
+    def _acked(self, entry: _InFlight, fut: asyncio.Future[Any]) -> None:
         if fut.cancelled() or entry.future is not fut:
             return  # superseded by a republish
         exc = fut.exception()
@@ -572,8 +627,17 @@ class IngestWorker:
             self._publish_failed(exc, entry)
             entry.future = None
             return
-        if self.in_flight.pop(seq, None) is None:
+        if self.in_flight.pop(entry.seq, None) is None:
             return
+        self._sent.pop(entry.seq, None)
+        queue = self._rooms_unacked.get(entry.subject)
+        if queue is not None and queue and queue[0] is entry:
+            queue.popleft()
+            if queue:  # stored: the room's next blob may go
+                self.held -= 1
+                self._send_soon(queue[0])
+            else:
+                del self._rooms_unacked[entry.subject]
         blob = entry.blob
         offsets = self.offsets.get(blob.partition)
         if offsets is not None:
@@ -588,38 +652,37 @@ class IngestWorker:
 
     async def _flush_backlog(self) -> None:
         while self.backlog and self._nats_up():
-            blob = self.backlog.popleft()
-            self._seq += 1
-            entry = _InFlight(blob, self._subject(blob.room), blob.encode())
-            self.in_flight[self._seq] = entry
-            await self._send(self._seq, entry)
+            await self._enqueue(self.backlog.popleft())
 
     def _retry_timed_out(self, now: float) -> None:
-        """Republish, in order, every blob JetStream has not acked in time, or whose publish
-        failed at least a retry interval ago (same Msg-Id: stored once). Resending all of them
-        keeps a room's blobs in order in the stream."""
-        if not self.in_flight or not self._nats_up():
+        """Send again every blob JetStream has not acked in time, or whose publish failed at
+        least a retry interval ago (same Nats-Msg-Id: stored once). Only the oldest unacked blob
+        of each room is ever sent (see `_enqueue`), so a retry cannot land behind a later one."""
+        if not self._sent or not self._nats_up():
             return
         timeout = self.cfg.ack_timeout_s
         retry = min(1.0, timeout)  # after a failed publish: paced, not every loop turn
-
-        def due(e: _InFlight) -> bool:
-            return now - e.sent_at >= (retry if e.future is None else timeout)
-
-        if not due(next(iter(self.in_flight.values()))):
+        # `_sent` is in order of sending: nothing sent after `now - retry` can be due.
+        stale = []
+        for entry in self._sent.values():
+            if now - entry.sent_at < retry:
+                break
+            if entry.future is None or now - entry.sent_at >= timeout:
+                stale.append(entry)
+        if not stale:
             return
-        stale = [(s, e) for s, e in self.in_flight.items() if due(e)]
         metrics.REPUBLISHED.inc(len(stale))
         if self._republish_log.ready():
             log.info("republishing blobs not acked in time",
                      extra={"blobs": len(stale),
                             "rounds": self._republish_log.suppressed + 1})  # fmt: skip
             self._republish_log.suppressed = 0
-        for seq, entry in stale:
+        for entry in stale:
             if entry.future is not None:
                 entry.future.cancel()
-            task = asyncio.ensure_future(self._send(seq, entry))
-            task.add_done_callback(lambda t: t.exception())
+                entry.future = None
+            self._sent.pop(entry.seq, None)  # not due again until the resend is under way
+            self._send_soon(entry)
 
     def _flow_control(self) -> None:
         """Pause exactly the partitions that must not be consumed now; memory stays bounded.
@@ -634,6 +697,7 @@ class IngestWorker:
         # or a dead letter on its way (one len() per partition, not a walk over the blobs).
         unacked = sum(o.in_flight for o in self.offsets.values())
         metrics.IN_FLIGHT.set(unacked)
+        metrics.HELD.set(self.held)
         nats_up = self._nats_up()
         pause_all = not nats_up or unacked > self.cfg.max_in_flight
         assigned = consumer.assignment()
@@ -749,8 +813,19 @@ class IngestWorker:
             self.backlog = deque(b for b in self.backlog if b.partition not in partitions)
         for seq in [s for s, e in self.in_flight.items() if e.blob.partition in partitions]:
             entry = self.in_flight.pop(seq)
+            self._sent.pop(seq, None)
             if entry.future is not None:
                 entry.future.cancel()
+                entry.future = None
+        for subject, queue in list(self._rooms_unacked.items()):
+            kept = deque(e for e in queue if e.blob.partition not in partitions)
+            if not kept:
+                del self._rooms_unacked[subject]
+                continue
+            self._rooms_unacked[subject] = kept
+            if kept[0] is not queue[0]:  # a room fed by two partitions (the topic grew): go on
+                self._send_soon(kept[0])
+        self.held = sum(len(q) - 1 for q in self._rooms_unacked.values())
         if self._dead_letters is not None:
             self._dead_letters.forget(partitions)
         log.info("partitions handed over", extra={"partitions": sorted(partitions)})
