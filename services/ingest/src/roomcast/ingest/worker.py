@@ -432,7 +432,7 @@ class IngestWorker:
 
     async def _close_nats(self) -> None:
         self._closing = True
-        for task in (self._nats_task, self._stream_task):
+        for task in (self._nats_task, self._stream_task, *self._tasks):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -569,6 +569,8 @@ class IngestWorker:
         await self._send(entry)
 
     async def _send(self, entry: _InFlight) -> None:
+        if self.in_flight.get(entry.seq) is not entry:  # handed over before its turn came
+            return
         entry.attempts += 1
         entry.sent_at = time.monotonic()
         self._sent.pop(entry.seq, None)  # re-inserted: `_sent` stays in order of sending
