@@ -285,3 +285,30 @@ async def test_an_expired_token_ends_the_iteration_with_token_rejected(
                 pass
     assert ended.value.code == 4002 and "fresh token" in str(ended.value)
     assert sub.status == "closed" and sub.reconnects == 0
+
+
+async def test_a_viewer_gone_before_its_rooms_first_blob_resumes_from_the_joined_position(
+    pipeline: Callable[..., Pipeline],
+) -> None:
+    """A quiet room: the viewer joins, has no blob yet, and goes. The `joined` gave it the
+    room's position, so what was stored while it was away reaches it when it comes back (before,
+    it had nothing to resume from and those events were lost without a word)."""
+    p = await started(pipeline, ingest=False)
+    room = unique("quiet")
+    async with HistoryProducer(p, room) as producer:
+        await producer.store([1])  # the room has a past: a position is more than "nothing yet"
+        first = subscribe(p.url, [room])
+        async with first:
+            Reader(first)
+            await until(
+                "joined", lambda: room in first.positions, show=lambda: str(first.positions)
+            )
+            since = first.positions
+        await producer.store([2, 3])
+        await producer.store([4])
+        again = subscribe(p.url, [room], since=since)
+        async with again:
+            reader = Reader(again)
+            await reader.has(3)
+            assert reader.got == [2, 3, 4]
+            assert again.recovered == {room: True}

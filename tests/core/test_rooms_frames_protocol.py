@@ -210,3 +210,14 @@ def test_sequenced_blob_puts_the_position_first_and_decodes() -> None:
     assert blob.offsets == [10, 11] and blob.decoded_events() == [{"t": "hi"}, 1]
     assert decode_blob(data).position == ""  # not from the history: no position
     assert sequenced(b'{"other":1}', 1, 2, 3) == b'{"other":1}'
+
+
+def test_nats_urls_of_a_cluster_are_split_for_the_client() -> None:
+    from roomcast.core.natsauth import nats_servers
+
+    assert nats_servers("nats://a:4222") == ["nats://a:4222"]
+    assert nats_servers("nats://a:4222, nats://b:4222,nats://c:4222") == [
+        "nats://a:4222", "nats://b:4222", "nats://c:4222"
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        nats_servers(" , ")

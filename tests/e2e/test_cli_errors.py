@@ -35,7 +35,9 @@ def listening(n: int) -> Iterator[list[int]]:
 def _dev(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("ROOMCAST_KAFKA", "ROOMCAST_NATS")}
     return subprocess.run(
-        [*ROOMCAST, "dev", "--state-dir", str(tmp_path / "state"), "--duration", "5", *args],
+        [*ROOMCAST, "dev", "--state-dir", str(tmp_path / "state"), "--duration", "5"]
+        + ([] if "--chat-port" in args else ["--chat-port", "0"])  # 8090 may be another stack's
+        + list(args),
         capture_output=True,
         text=True,
         timeout=120,

@@ -196,7 +196,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             [*ROOMCAST, "dev", "--state-dir", str(tmp / "state")]
             + ["--nats-port", str(nats_port), "--kafka-port", str(kafka_port)]
             + ["--port", str(port), "--ingest-metrics-port", str(metrics_port)]
-            + ["--gateway-metrics-port", str(free_port())]
+            + ["--gateway-metrics-port", str(free_port()), "--chat-port", str(free_port())]
             + ["--window-ms", "200", "--rate", "10", "--duration", "900"],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -395,7 +395,7 @@ def test_a_child_that_keeps_crashing_stops_the_stack_with_its_own_error(
             [*ROOMCAST, "dev", "--state-dir", str(tmp_path / "state")]
             + ["--kafka", kafka_bootstrap, "--nats", nats_url, "--topic", unique("crash")]
             + ["--port", str(port), "--ingest-metrics-port", str(metrics_port), "--rate", "5"]
-            + ["--gateway-metrics-port", str(free_port())]
+            + ["--gateway-metrics-port", str(free_port()), "--chat-port", str(free_port())]
             + ["--duration", "120"],
             stdout=out,
             stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -19,8 +20,8 @@ from websockets.frames import Opcode
 from websockets.sync.client import connect
 
 from roomcast.devstack import LocalNats
-from tests.gateway.conftest import Gateway, RawViewer, join_message
-from tests.support import plain, scrape
+from tests.gateway.conftest import Gateway, RawViewer, join_message, publish
+from tests.support import free_port, plain, scrape
 
 
 def metric(gw: Gateway, name: str) -> float:
@@ -226,3 +227,15 @@ def test_workers_share_the_port_and_a_dead_one_is_restarted(
     gw.publish("shared", gw.blob("shared", 2))
     for ws in fresh:
         assert json.loads(ws.recv(timeout=5))["offsets"] == [2]
+
+
+def test_a_list_of_nats_urls_is_a_cluster_to_try_in_turn(
+    gateway: Callable[..., Gateway], nats_url: str
+) -> None:
+    """`--nats a,b,c` (as the chart and docs give a cluster): a dead URL in the list is passed
+    over; before, the whole string went to nats-py as one URL and the worker died."""
+    dead = f"nats://127.0.0.1:{free_port()}"
+    gw = gateway(nats=f"{dead}, {nats_url}")
+    ws = gw.viewer("list")
+    asyncio.run(publish(nats_url, [(f"{gw.prefix}.list", gw.blob("list", 1))]))
+    assert json.loads(ws.recv(timeout=10))["offsets"] == [1]

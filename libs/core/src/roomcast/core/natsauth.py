@@ -22,6 +22,15 @@ class NatsAuth(Protocol):
     def nats_tls_ca(self) -> str: ...
 
 
+def nats_servers(urls: str) -> list[str]:
+    """`--nats` as nats-py wants it: the comma-separated URLs of a cluster, one per item
+    (a single string with commas is refused: "invalid connect url option")."""
+    servers = [u.strip() for u in urls.split(",") if u.strip()]
+    if not servers:
+        raise ValueError("no NATS URL given")
+    return servers
+
+
 def nats_connect_options(cfg: NatsAuth) -> dict[str, Any]:
     """`nats.connect()` keyword arguments: user/password, token, a .creds file, an NKey seed
     file, a TLS CA."""

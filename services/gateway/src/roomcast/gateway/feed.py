@@ -20,7 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
-from roomcast.core.natsauth import nats_connect_options
+from roomcast.core.natsauth import nats_connect_options, nats_servers
 from roomcast.core.rooms import ALL_ROOM, HISTORY_PREFIX, room_subject, subject_room
 from roomcast.gateway.config import GatewayConfig
 
@@ -117,7 +117,7 @@ class NatsFeed:
             log.warning("NATS error: %s", exc)
 
         self.nc = await nats.connect(
-            self.servers,
+            nats_servers(self.servers),
             name=self.name,
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,

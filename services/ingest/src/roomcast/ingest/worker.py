@@ -42,7 +42,7 @@ from nats.js.errors import APIError, NoStreamResponseError, NotFoundError
 from roomcast.core.blob import PRODUCED_HEADER, check_event, validate_json
 from roomcast.core.errors import EventError
 from roomcast.core.merge import MergeWindow, PendingBlob
-from roomcast.core.natsauth import nats_connect_options
+from roomcast.core.natsauth import nats_connect_options, nats_servers
 from roomcast.core.positions import PartitionOffsets
 from roomcast.core.rooms import all_subjects, room_error, room_subject, subjects_overlap
 from roomcast.ingest import metrics
@@ -256,7 +256,7 @@ class IngestWorker:
                 errors.suppressed = 0
 
         return await nats.connect(
-            self.cfg.nats,
+            nats_servers(self.cfg.nats),
             name="roomcast-ingest",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.5,
