@@ -420,29 +420,13 @@ class Gateway:
             # milliseconds: one read from the oldest position among them serves them all.
             await asyncio.sleep(READ_COALESCE_S)
             while True:
-                request = hub.history_request(room)
-                if request is None:
+                start = hub.history_request(room)
+                if start is None:
                     return
-                start, stop = request
-                found: list[tuple[int, bytes]] = []
-                connected = False
-                seq = start
-                limit = hub.max_replay_blobs + 1
-                try:
-                    while len(found) < limit:
-                        got = await self.feed.history(room, seq, min(256, limit - len(found)))
-                        if not got:
-                            connected = True  # the end of the room's history
-                            break
-                        stop = hub.history_head(room)  # live blobs may have come meanwhile
-                        for s, data in got:
-                            if stop is not None and s >= stop:
-                                connected = True
-                                break
-                            found.append((s, data))
-                        if connected:
-                            break
-                        seq = got[-1][0] + 1
+                try:  # up to the room's log, whose oldest blob live ones may change meanwhile
+                    found, connected = await self._read_range(
+                        room, start, lambda: hub.history_head(room), hub.max_replay_blobs + 1
+                    )
                 except Exception as exc:
                     log.warning("history read failed: %s; retrying", exc, extra={"room": room})
                     await asyncio.sleep(1.0)
@@ -452,6 +436,26 @@ class Gateway:
         finally:
             self._reading.discard(room)
             self._service_history()
+
+    async def _read_range(
+        self, room: str, start: int, stop: Callable[[], int | None], limit: int
+    ) -> tuple[list[tuple[int, bytes]], bool]:
+        """The room's stored blobs (seq, blob) from seq `start` up to, not including, `stop()`
+        (asked again after each batch; None: to the end of the history), at most `limit` of
+        them. Also whether the read got to `stop()` or the end (False: `limit` cut it short)."""
+        found: list[tuple[int, bytes]] = []
+        seq = start
+        while len(found) < limit:
+            got = await self.feed.history(room, seq, min(256, limit - len(found)))
+            if not got:
+                return found, True
+            end = stop()
+            for s, data in got:
+                if end is not None and s >= end:
+                    return found, True
+                found.append((s, data))
+            seq = got[-1][0] + 1
+        return found, False
 
     async def _read_head(self, room: str) -> None:
         """Plain joins of a room new to this worker are confirmed with its newest position."""
@@ -489,15 +493,12 @@ class Gateway:
                 if gap is None and not sync:
                     return
                 start, stop = gap if gap is not None else (log_.last + 1, None)
-                found: list[tuple[int, bytes]] = []
+
+                def until(stop: int | None = stop) -> int | None:
+                    return stop
+
                 try:
-                    seq = start
-                    while len(found) <= hub.max_replay_blobs:
-                        got = await self.feed.history(room, seq, 256)
-                        found += [(s, d) for s, d in got if stop is None or s < stop]
-                        if not got or (stop is not None and got[-1][0] >= stop - 1):
-                            break
-                        seq = got[-1][0] + 1
+                    found, _ = await self._read_range(room, start, until, hub.max_replay_blobs + 1)
                 except Exception as exc:
                     log.warning("reading missing blobs failed: %s; retrying", exc,
                                 extra={"room": room})  # fmt: skip

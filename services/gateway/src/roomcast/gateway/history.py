@@ -62,10 +62,6 @@ class RoomLog:
     cap: int = 0  # more than `size` entries may stay while resumes need them (`prepend`)
     held: list[tuple[int, int, bytes]] = field(default_factory=list)  # waiting for a fill
 
-    @property
-    def filling(self) -> bool:
-        return bool(self.held)
-
     def offer(self, seq: int, prev: int, data: bytes) -> Entry | Literal[False] | None:
         """A live blob. Returns its Entry (pass it on now), None (a duplicate: drop it) or False
         (a gap, or a fill already running: held; `gap()` says what to read)."""

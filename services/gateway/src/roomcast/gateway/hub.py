@@ -509,9 +509,9 @@ class Hub(Generic[P]):
             room.log = RoomLog(self.epoch, self.ring_blobs)
         return room.log
 
-    def history_request(self, name: str) -> tuple[int, int | None] | None:
-        """What to read from the room's history for the viewers waiting in it: (first seq,
-        seq to stop before, or None: read to the end); None if nobody needs a read."""
+    def history_request(self, name: str) -> int | None:
+        """Where to start reading the room's history for the viewers waiting in it (the read
+        stops at `history_head`); None if nobody needs a read."""
         self.want_history.discard(name)
         room = self.rooms.get(name)
         if room is None or not room.subscribed:
@@ -522,10 +522,7 @@ class Hub(Generic[P]):
             for v, seq in room.behind.items()
             if v not in room.tried and (log is None or log.after(seq) is None)
         ]
-        if not need:
-            return None
-        head = log.first if log is not None and log.entries else UNKNOWN
-        return min(need), (None if head == UNKNOWN else head)
+        return min(need) if need else None
 
     def history_head(self, name: str) -> int | None:
         """Where a read for the room must stop (its log's oldest blob): None: not known yet."""
