@@ -88,6 +88,23 @@ def test_an_empty_log_learns_the_newest_position_from_a_read() -> None:
     assert offer(log, 9, 5) is None and offer(log, 11, 9) is not False
 
 
+def test_a_read_older_than_a_read_links_what_viewers_get() -> None:
+    """Two resumes, the second from further back: the blob the first read started with learns
+    its predecessor, in its `prev` and in the bytes and frame a viewer gets (the hub state
+    machine found viewers given `prev` -1 there)."""
+    log = RoomLog(EPOCH)
+    log.prepend([(3, raw(3))], grow_to=10)
+    assert log.entries[0].prev == UNKNOWN
+    log.entries[0].frame(None, False)  # framed for someone already
+    log.prepend([(2, raw(2))], grow_to=10)
+    entry = log.after(2)[0]  # type: ignore[index]
+    assert entry.seq == 3 and entry.prev == 2
+    blob = decode_blob(entry.data)
+    assert (blob.seq, blob.prev, blob.epoch) == (3, 2, EPOCH)
+    assert entry.frame(None, False).endswith(entry.data)
+    assert decode_blob(entry.data).events == decode_blob(sequenced(raw(3), EPOCH, 3, 2)).events
+
+
 def test_a_quiet_room_whose_last_blob_aged_out_goes_on_and_keeps_its_ring() -> None:
     log = RoomLog(EPOCH)
     offer(log, 10, 0)

@@ -87,6 +87,16 @@ def sequenced(data: bytes, epoch: int, seq: int, prev: int) -> bytes:
     return b'%s"epoch":%d,"seq":%d,"prev":%d,%s' % (_BLOB_HEAD, epoch, seq, prev, data[15:])
 
 
+def relinked(data: bytes, epoch: int, seq: int, prev: int, new_prev: int) -> bytes:
+    """A `sequenced` blob with another `prev` (its predecessor became known later)."""
+    old = b'%s"epoch":%d,"seq":%d,"prev":%d,' % (_BLOB_HEAD, epoch, seq, prev)
+    if not data.startswith(old):
+        return data
+    return b'%s"epoch":%d,"seq":%d,"prev":%d,%s' % (
+        _BLOB_HEAD, epoch, seq, new_prev, data[len(old) :]
+    )
+
+
 def blob_msg_id(room: str, partition: int, offsets: list[int]) -> str:
     """The JetStream Msg-Id of a blob: the same blob published twice is stored once."""
     return f"{room}/{partition}/{offsets[0]}-{offsets[-1]}/{len(offsets)}"

@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from roomcast.core.blob import sequenced
+from roomcast.core.blob import relinked, sequenced
 from roomcast.core.frames import Deflater, text_frame
 
 UNKNOWN = -1
@@ -49,6 +49,12 @@ class Entry:
         if self._frame is None:
             self._frame = text_frame(self.data)
         return self._frame
+
+    def link(self, prev: int, epoch: int) -> None:
+        """Its predecessor is known now: so is what viewers get (`prev` is in the data)."""
+        self.data = relinked(self.data, epoch, self.seq, self.prev, prev)
+        self.prev = prev
+        self._frame = self._zframe = None
 
 
 @dataclass(slots=True)
@@ -162,7 +168,7 @@ class RoomLog:
         if not older:
             return
         if self.entries:
-            self.entries[0].prev = older[-1].seq
+            self.entries[0].link(older[-1].seq, self.epoch)
         else:
             self.last = older[-1].seq
         self.cap = max(self.size, grow_to)
