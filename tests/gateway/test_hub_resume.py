@@ -341,3 +341,49 @@ def test_a_read_cut_short_answers_only_the_oldest_waiter_and_reads_again_for_the
     assert next(m for m in far.got if m["type"] == "joined")["recovered"] is False
     assert next(m for m in near.got if m["type"] == "joined")["recovered"] is True
     assert [m["seq"] for m in near.got if m["type"] == "blob"] == [8, 9, 10]
+
+
+def test_a_join_answered_behind_another_join_gets_the_blobs_after_its_position() -> None:
+    """A viewer joins room a while its `joined` for room b still waits (b's newest position is
+    being read): a's `joined` waits behind it, and a's blobs published meanwhile must come after
+    that `joined`, none skipped (the state machine found one written straight away, ahead of it,
+    and the `joined` then giving an older position)."""
+    hub: Hub[Peer] = Hub(ring_blobs=3, max_replay_blobs=4)
+    hub.new_epoch(EPOCH)
+    seqs = itertools.count(1)
+    last = {"a": 0}
+
+    def publish(room: str) -> None:
+        seq, prev = next(seqs), last[room]
+        last[room] = seq
+        log = hub.log_for(room)
+        assert log is not None
+        entry = log.offer(seq, prev, sequenced(raw(room, seq), EPOCH, seq, prev))
+        assert entry not in (None, False)
+        hub.fanout([(room, entry.data)])  # type: ignore[union-attr]
+        hub.settle_room(room)
+
+    v, w = Peer(hub, "v"), Peer(hub, "w")
+    for p in (v, w):
+        hub.connected(p, 0.0)
+        hub.open(p)
+    hub.join(v, "b")
+    hub.join(w, "a")
+    hub.subscribed("a")
+    hub.head_read("a", 0)
+    publish("a")  # seq 1
+    hub.subscribed("b")  # v's joined for b waits for b's newest position
+    assert "b" in hub.want_head
+    hub.join(v, "a")  # answered behind b's: position a:1
+    publish("a")  # seq 2: not to v yet
+    assert [m["type"] for m in v.got] == []
+    hub.head_read("b", 0)
+    publish("a")  # seq 3
+    got = [(m["type"], m.get("room"), m.get("position"), m.get("seq"), m.get("prev")) for m in v.got]
+    assert got == [
+        ("joined", "b", f"{EPOCH}:0", None, None),
+        ("joined", "a", f"{EPOCH}:1", None, None),
+        ("blob", "a", None, 2, 1),
+        ("blob", "a", None, 3, 2),
+    ]
+    assert v in hub.rooms["a"].viewers and v not in hub.rooms["a"].behind

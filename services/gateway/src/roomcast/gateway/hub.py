@@ -272,8 +272,11 @@ class Hub(Generic[P]):
         log = room.log
         if since is not None:
             room.behind[v] = since.seq
-        elif v.lagging and log is not None and log.last != UNKNOWN:
-            room.behind[v] = log.last  # slow: caught up from here once it drains
+        elif (v.lagging or v.replies is not None) and log is not None and log.last != UNKNOWN:
+            # Slow: caught up from here once it drains. Or its `joined` (with this position)
+            # waits behind replies it is owed: the blobs after it are sent once that is out,
+            # never before it.
+            room.behind[v] = log.last
         else:
             room.viewers.add(v)
         self._changed(v)
@@ -402,6 +405,7 @@ class Hub(Generic[P]):
         del replies[:n]
         if not replies and v.replies is replies:
             v.replies = None
+            self._catch_up(v)  # rooms joined while these were owed: from where joined said
 
     def _head_known(self, room: Room[P]) -> bool:
         """A plain join can be confirmed with the room's newest position (or there is no
@@ -553,10 +557,10 @@ class Hub(Generic[P]):
                 continue  # newer than our live blobs: it will be answered once they arrive
             room.tried.add(v)
         for v in list(room.behind):
-            if v.lagging and v not in room.waiting:
-                self._catch_up(v)
-            elif v.replies is not None:
+            if v.replies is not None:
                 self._settle(v)
+            elif v not in room.waiting:
+                self._catch_up(v)
         if not room.behind:
             log.trim()
 
@@ -636,8 +640,8 @@ class Hub(Generic[P]):
             self.slow.discard(v)
 
     def _catch_up(self, v: P) -> None:
-        if v.state is not OPEN or v.paused:
-            return
+        if v.state is not OPEN or v.paused or v.replies is not None:
+            return  # (owed replies go first: _settle catches up once they are out)
         for name in list(v.rooms):
             room = self.rooms.get(name)
             if room is None or v not in room.behind or v in room.waiting:
