@@ -379,7 +379,8 @@ def test_a_join_answered_behind_another_join_gets_the_blobs_after_its_position()
     assert [m["type"] for m in v.got] == []
     hub.head_read("b", 0)
     publish("a")  # seq 3
-    got = [(m["type"], m.get("room"), m.get("position"), m.get("seq"), m.get("prev")) for m in v.got]
+    got = [(m["type"], m.get("room"), m.get("position"), m.get("seq"), m.get("prev"))
+           for m in v.got]  # fmt: skip
     assert got == [
         ("joined", "b", f"{EPOCH}:0", None, None),
         ("joined", "a", f"{EPOCH}:1", None, None),

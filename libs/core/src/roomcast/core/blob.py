@@ -93,7 +93,11 @@ def relinked(data: bytes, epoch: int, seq: int, prev: int, new_prev: int) -> byt
     if not data.startswith(old):
         return data
     return b'%s"epoch":%d,"seq":%d,"prev":%d,%s' % (
-        _BLOB_HEAD, epoch, seq, new_prev, data[len(old) :]
+        _BLOB_HEAD,
+        epoch,
+        seq,
+        new_prev,
+        data[len(old) :],
     )
 
 

@@ -151,7 +151,6 @@ class Gateway:
     def on_blob(
         self, room: str, data: bytes, produced: float = 0.0, seq: int = 0, prev: int = 0
     ) -> None:
-        metrics.NATS_MESSAGES.inc()
         self._batch.append((room, data, seq, prev))
         if produced:
             self._produced.append(produced)
@@ -163,6 +162,7 @@ class Gateway:
         started = time.perf_counter()
         batch, self._batch = self._batch, []
         self._flush_scheduled = False
+        metrics.TALLY.nats_messages += len(batch)
         hub = self.hub
         if hub.queued:
             hub.drained()
@@ -200,10 +200,10 @@ class Gateway:
 
     def _fanout(self, batch: list[tuple[str, bytes]], started: float) -> None:
         result = self.hub.fanout(batch)
-        metrics.FRAMES_SENT.inc(result.sent)
-        if result.deflated:
-            metrics.FRAMES_DEFLATED.inc(result.deflated)
-        metrics.BYTES_SENT.inc(result.nbytes)
+        tally = metrics.TALLY
+        tally.frames_sent += result.sent
+        tally.frames_deflated += result.deflated
+        tally.bytes_sent += result.nbytes
         if result.dropped:
             metrics.FRAMES_DROPPED.labels("slow").inc(result.dropped)
         if result.coalesced:

@@ -9,20 +9,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import functools
 import itertools
 import json
 import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import nats
-from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
 from roomcast.core.natsauth import nats_connect_options, nats_servers
-from roomcast.core.rooms import ALL_ROOM, HISTORY_PREFIX, room_subject, subject_room
+from roomcast.core.rooms import ALL_ROOM, HISTORY_PREFIX, room_subject
 from roomcast.gateway.config import GatewayConfig
+from roomcast.gateway.natsclient import Client
 
 log = logging.getLogger("roomcast.gateway")
 
@@ -92,7 +93,7 @@ class NatsFeed:
         self.history_prefix = cfg.history_prefix if cfg is not None else HISTORY_PREFIX
         self.on_reconnected: Callable[[], None] | None = None
         self.name = name
-        self.nc: NATS | None = None
+        self.nc: Client | None = None
         self.subs: dict[str, Subscription] = {}
         self._on_blob: OnBlob | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -116,11 +117,12 @@ class NatsFeed:
         async def error(exc: Exception) -> None:
             log.warning("NATS error: %s", exc)
 
-        self.nc = await nats.connect(
+        self.nc = Client()
+        await self.nc.connect(
             nats_servers(self.servers),
             name=self.name,
             max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
+            reconnect_time_wait=0.5,  # type: ignore[arg-type]  # (typed int, used as seconds)
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             error_cb=error,
@@ -129,22 +131,27 @@ class NatsFeed:
         )
         await self.subscribe(ALL_ROOM)
 
-    async def _on_msg(self, msg: Any) -> None:
+    def _blob(self, room: str, data: bytes, headers: dict[str, str] | None) -> None:
         produced = 0.0
         seq = prev = 0
-        headers = msg.headers
         if headers:
             with contextlib.suppress(KeyError, ValueError):
                 produced = int(headers[PRODUCED_HEADER]) / 1000
             if headers.get("Nats-Stream") == self.stream:  # republished by the history
                 with contextlib.suppress(KeyError, ValueError):
                     seq, prev = int(headers["Nats-Sequence"]), int(headers["Nats-Last-Sequence"])
-        self._on_blob(subject_room(msg.subject, self.prefix), msg.data, produced, seq, prev)  # type: ignore[misc]
+        self._on_blob(room, data, produced, seq, prev)  # type: ignore[misc]
 
     async def subscribe(self, room: str) -> None:
         assert self.nc is not None
+        direct = functools.partial(self._blob, room)
+
+        async def on_msg(msg: Msg) -> None:  # nats-py's own path: see natsclient
+            direct(msg.data, msg.headers)
+
+        on_msg.direct = direct  # type: ignore[attr-defined]
         sub = await self.nc.subscribe(
-            room_subject(room, self.prefix), cb=self._on_msg, pending_msgs_limit=100_000
+            room_subject(room, self.prefix), cb=on_msg, pending_msgs_limit=100_000
         )
         self.subs[room] = sub
         try:

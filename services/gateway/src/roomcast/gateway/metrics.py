@@ -180,8 +180,35 @@ COUNT_EXPIRED = Counter(
 )
 
 
+class Tally:
+    """The fan-out's counts as plain integers, moved into their counters whenever those are read
+    (a scrape of this worker, the stats page's sampler: `publish`). A `Counter.inc` checks its
+    argument and takes a lock, about a microsecond and a half; the fan-out runs a hundred times a
+    second per worker with 100 rooms, and these were a few per cent of its Python."""
+
+    __slots__ = ("bytes_sent", "frames_deflated", "frames_sent", "nats_messages")
+
+    def __init__(self) -> None:
+        self.nats_messages = self.frames_sent = self.frames_deflated = self.bytes_sent = 0
+
+    def publish(self) -> None:
+        for name, counter in (
+            ("nats_messages", NATS_MESSAGES),
+            ("frames_sent", FRAMES_SENT),
+            ("frames_deflated", FRAMES_DEFLATED),
+            ("bytes_sent", BYTES_SENT),
+        ):
+            if n := getattr(self, name):
+                counter.inc(n)
+                setattr(self, name, 0)
+
+
+TALLY = Tally()
+
+
 def worker_text() -> bytes:
     """This worker's series, as the group's endpoint asks for them."""
+    TALLY.publish()
     return generate_latest(REGISTRY)
 
 

@@ -21,6 +21,8 @@ from collections import deque
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from prometheus_client import Counter
+
 from roomcast.gateway import metrics
 
 if TYPE_CHECKING:
@@ -37,13 +39,11 @@ def _static(name: str) -> str:
     return (resources.files("roomcast.gateway") / "static" / name).read_text(encoding="utf-8")
 
 
-def _counter(name: str) -> float:
-    """A counter of this worker's registry, summed over its labels (0 if it has no samples)."""
-    total = 0.0
-    for family in metrics.REGISTRY.collect():
-        if family.name == name.removesuffix("_total"):
-            total += sum(s.value for s in family.samples if s.name == name)
-    return total
+def _counter(counter: Counter) -> float:
+    """One of this worker's counters, summed over its labels (0 if it has no samples). Only that
+    counter is collected: the sampler runs every second, and the whole registry is not cheap."""
+    metrics.TALLY.publish()
+    return sum(s.value for f in counter.collect() for s in f.samples if s.name.endswith("_total"))
 
 
 def _gauge(name: str) -> float:
@@ -59,8 +59,8 @@ class Pages:
         self.index = _static("index.html").replace(CHAT_URL_MARK, html.escape(chat)).encode()
         self.stats_page = _static("stats.html").encode()
         self.history: deque[tuple[int, float, float]] = deque(maxlen=HISTORY_S)
-        self._last = (time.monotonic(), _counter("roomcast_gateway_frames_sent_total"),
-                      _counter("roomcast_gateway_bytes_sent_total"))  # fmt: skip
+        self._last = (time.monotonic(), _counter(metrics.FRAMES_SENT),
+                      _counter(metrics.BYTES_SENT))  # fmt: skip
         self._loop = asyncio.get_running_loop()
         self._timer = self._loop.call_later(1.0, self._sample)
 
@@ -77,8 +77,8 @@ class Pages:
     def _sample(self) -> None:
         """Once a second: frames/s and bytes/s since the previous sample."""
         now = time.monotonic()
-        frames = _counter("roomcast_gateway_frames_sent_total")
-        nbytes = _counter("roomcast_gateway_bytes_sent_total")
+        frames = _counter(metrics.FRAMES_SENT)
+        nbytes = _counter(metrics.BYTES_SENT)
         at, frames0, bytes0 = self._last
         dt = max(now - at, 1e-3)
         self.history.append((int(time.time()), (frames - frames0) / dt, (nbytes - bytes0) / dt))
@@ -100,9 +100,9 @@ class Pages:
             "rooms": int(_gauge("roomcast_gateway_rooms")),
             "frames_per_s": round(last[1], 1),
             "bytes_per_s": round(last[2], 1),
-            "frames_sent": int(_counter("roomcast_gateway_frames_sent_total")),
-            "drops": int(_counter("roomcast_gateway_frames_dropped_total")),
-            "resumes": int(_counter("roomcast_gateway_resumes_total")),
+            "frames_sent": int(_counter(metrics.FRAMES_SENT)),
+            "drops": int(_counter(metrics.FRAMES_DROPPED)),
+            "resumes": int(_counter(metrics.RESUMES)),
             "history": [[t, round(f, 1)] for t, f, _ in self.history],
         }
 
