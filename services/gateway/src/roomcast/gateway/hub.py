@@ -274,13 +274,13 @@ class Hub(Generic[P]):
             room.behind[v] = since.seq
         elif (v.lagging or v.replies is not None) and log is not None and log.last != UNKNOWN:
             # Slow: caught up from here once it drains. Or its `joined` (with this position)
-            # waits behind replies it is owed: the blobs after it are sent once that is out,
-            # never before it.
+            # waits behind replies it is owed: the blobs after it follow that `joined`, never
+            # come before it.
             room.behind[v] = log.last
         else:
             room.viewers.add(v)
         self._changed(v)
-        if room.subscribed and since is None and self._head_known(room):
+        if room.subscribed and since is None and self._head_known(room) and v.replies is None:
             self.reply(v, encode_server_message(self._joined(room, v)))
         else:
             self._owe_join(v, room, since)
@@ -405,7 +405,8 @@ class Hub(Generic[P]):
         del replies[:n]
         if not replies and v.replies is replies:
             v.replies = None
-            self._catch_up(v)  # rooms joined while these were owed: from where joined said
+        if n:
+            self._catch_up(v)  # rooms whose joined was owed: from the position it gave
 
     def _head_known(self, room: Room[P]) -> bool:
         """A plain join can be confirmed with the room's newest position (or there is no
@@ -557,10 +558,10 @@ class Hub(Generic[P]):
                 continue  # newer than our live blobs: it will be answered once they arrive
             room.tried.add(v)
         for v in list(room.behind):
-            if v.replies is not None:
-                self._settle(v)
-            elif v not in room.waiting:
+            if v not in room.waiting:
                 self._catch_up(v)
+            elif v.replies is not None:
+                self._settle(v)
         if not room.behind:
             log.trim()
 
@@ -640,8 +641,8 @@ class Hub(Generic[P]):
             self.slow.discard(v)
 
     def _catch_up(self, v: P) -> None:
-        if v.state is not OPEN or v.paused or v.replies is not None:
-            return  # (owed replies go first: _settle catches up once they are out)
+        if v.state is not OPEN or v.paused:
+            return
         for name in list(v.rooms):
             room = self.rooms.get(name)
             if room is None or v not in room.behind or v in room.waiting:
