@@ -156,6 +156,7 @@ def _measure_server(
         clients.reset()
         client_procs = [psutil.Process(p) for p in clients.pids]
         cpu0, ccpu0, t0 = server.cpu_seconds(), stack.cpu_seconds(client_procs), time.monotonic()
+        user0 = server.cpu_seconds(user_only=True)
 
         async def publish_with_progress() -> tuple[int, float]:
             task = asyncio.create_task(_publish(nats_url, prefix, rooms, rate, c.duration_s, blobs))
@@ -172,6 +173,7 @@ def _measure_server(
         published, elapsed = asyncio.run(publish_with_progress())
         time.sleep(0.5)  # the last frames land
         cpu = server.cpu_seconds() - cpu0
+        user = server.cpu_seconds(user_only=True) - user0
         ccpu = stack.cpu_seconds(client_procs) - ccpu0
         s = clients.stats()
         clients.drop()
@@ -179,6 +181,7 @@ def _measure_server(
     frames = s["frames"]
     return {
         "cpu_us_per_frame": cpu / frames * 1e6 if frames else None,
+        "user_cpu_us_per_frame": user / frames * 1e6 if frames else None,
         "client_cpu_us_per_frame": ccpu / frames * 1e6 if frames else None,
         "frames": frames,
         "frames_per_s": frames / elapsed,
@@ -246,6 +249,7 @@ def fanout(
         "compress_level": compress_level,
         "fanout": fanout_path,
         "gateway_cpu_us_per_frame": gw["cpu_us_per_frame"],
+        "gateway_user_cpu_us_per_frame": gw["user_cpu_us_per_frame"],
         "gateway_bytes_per_frame": gw["bytes_per_frame"],
         "frames_per_s": gw["frames_per_s"],
         "dropped": gw["dropped"],

@@ -104,8 +104,8 @@ class Server:
                 out.extend(top.children(recursive=True))
         return out
 
-    def cpu_seconds(self) -> float:
-        return cpu_seconds(self.processes())
+    def cpu_seconds(self, user_only: bool = False) -> float:
+        return cpu_seconds(self.processes(), user_only)
 
     def rss_bytes(self) -> int:
         total = 0
@@ -125,12 +125,13 @@ class Server:
         self.stop()
 
 
-def cpu_seconds(procs: list[psutil.Process]) -> float:
+def cpu_seconds(procs: list[psutil.Process], user_only: bool = False) -> float:
+    """CPU time of the processes (user + system; `user_only`: the time in their own code)."""
     total = 0.0
     for proc in procs:
         with contextlib.suppress(psutil.NoSuchProcess):
             t = proc.cpu_times()
-            total += t.user + t.system
+            total += t.user if user_only else t.user + t.system
     return total
 
 
