@@ -64,7 +64,7 @@ podman:  ## install podman, runc and mmdebstrap from Debian's packages (root; sk
 lint: setup  ## ruff (lint + format check) and mypy
 	$(UV) run ruff check .
 	$(UV) run ruff format --check .
-	$(UV) run mypy libs/core/src libs/client/src libs/uring/src services/gateway/src
+	$(UV) run mypy libs/core/src libs/client/src libs/uring/src services/gateway/src services/ingest/src
 
 format: setup  ## apply ruff's fixes and formatting
 	$(UV) run ruff check --fix .

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -13,8 +15,11 @@ from roomcast.ingest.config import IngestConfig
 _D = IngestConfig()
 
 
-def _opt(*names: str, help: str, **kw: object) -> click.decorators.FC:  # type: ignore[type-var]
-    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)  # type: ignore[call-overload,no-any-return]
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
+    return click.option(*names, show_default=True, show_envvar=True, help=help, **kw)
 
 
 @click.command()

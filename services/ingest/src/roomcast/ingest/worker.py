@@ -34,6 +34,7 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     for_code,
 )
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import DiscardPolicy, RePublish, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
@@ -124,7 +125,7 @@ def stream_settings(existing: StreamConfig, wanted: StreamConfig) -> StreamConfi
     return None if update == existing else update
 
 
-class _JetStream(JetStreamContext):  # type: ignore[misc]
+class _JetStream(JetStreamContext):
     """nats-py's JetStream context, with publish_async's refusals delivered to the ack future.
 
     nats-py (2.16 at least) raises the error of a refused publish (a stream answering
@@ -201,7 +202,7 @@ class IngestWorker:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._dead_letters: DeadLetterWriter | None = None
-        self._nc: nats.NATS | None = None
+        self._nc: NATS | None = None
         self._js: Any = None
         self._stream_ready = False
         self._nats_task: asyncio.Task[None] | None = None
@@ -236,7 +237,7 @@ class IngestWorker:
                 await asyncio.wait_for(stop.wait(), delay)
             delay = min(delay * 2, 10)
 
-    async def _nats_client(self) -> nats.NATS:
+    async def _nats_client(self) -> NATS:
         async def disconnected() -> None:
             if self._closing:
                 return
