@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import os
 import random
@@ -308,6 +309,54 @@ def test_two_rooms_in_tabs_stay_apart_and_count_their_viewers(
     expect(tab_a1.locator("#viewers")).to_have_text("2", timeout=WAIT_MS)  # type: ignore[attr-defined]
     expect(tab_a2.locator("#viewers")).to_have_text("2", timeout=WAIT_MS)  # type: ignore[attr-defined]
     expect(tab_b.locator("#viewers")).to_have_text("1", timeout=WAIT_MS)  # type: ignore[attr-defined]
+
+
+def test_a_page_on_another_origin_imports_the_client_and_gets_its_room(
+    stack: Stack, context: object
+) -> None:
+    """An app's own page, served from another origin (here another port), loads /client.js from
+    the gateway: a cross-origin module import, which Chromium refuses without
+    Access-Control-Allow-Origin."""
+    room = unique("xorigin")
+    html = f"""<!doctype html><meta charset="utf-8"><script type="module">
+import {{ subscribe }} from "{stack.http}/client.js";
+window.got = [];
+window.joined = false;
+subscribe("ws://127.0.0.1:{stack.port}/ws", ["{room}"], {{
+  onJoined: () => {{ window.joined = true; }},
+  onBlob: (blob) => {{ for (const e of blob.events) window.got.push(e.text); }},
+}});
+</script>"""
+    body = html.encode()
+
+    class App(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), App)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        page = context.new_page()  # type: ignore[attr-defined]
+        console: list[str] = []
+        page.on("console", lambda msg: console.append(msg.text))
+        page.goto(f"http://127.0.0.1:{server.server_address[1]}/")  # same host, another port
+        try:
+            page.wait_for_function("window.joined === true", timeout=WAIT_MS)
+        except Exception as exc:
+            raise AssertionError(f"the page never joined; its console: {console}") from exc
+        stack.produce(chats(room, 5))
+        page.wait_for_function("window.got.length >= 5", timeout=WAIT_MS)
+        assert page.evaluate("window.got") == [f"line {i}" for i in range(5)]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_the_chat_box_goes_through_kafka_and_comes_back(stack: Stack, context: object) -> None:

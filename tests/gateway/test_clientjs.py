@@ -26,6 +26,34 @@ def test_every_gateway_serves_the_client_module(gateway: Callable[..., Gateway])
     assert b"export function subscribe(" in body
 
 
+def _get_client_js(gw: Gateway, origin: str | None) -> dict[str, str]:
+    req = urllib.request.Request(f"{gw.http}/client.js")
+    if origin is not None:
+        req.add_header("Origin", origin)
+    with urllib.request.urlopen(req, timeout=5) as resp:
+        assert resp.status == 200
+        return {k.lower(): v for k, v in resp.headers.items()}
+
+
+def test_a_page_on_another_origin_may_import_the_module(gateway: Callable[..., Gateway]) -> None:
+    """Browsers fetch an imported module in CORS mode: without Access-Control-Allow-Origin a page
+    served from elsewhere cannot load it."""
+    headers = _get_client_js(gateway(), "https://app.example")
+    assert headers["access-control-allow-origin"] == "*"
+
+
+def test_with_allowed_origins_only_those_pages_may_import_it(
+    gateway: Callable[..., Gateway],
+) -> None:
+    gw = gateway("--allowed-origins", "https://app.example,https://other.example/")
+    ok = _get_client_js(gw, "https://App.example")
+    assert ok["access-control-allow-origin"] == "https://App.example"
+    assert ok["vary"] == "Origin"
+    refused = _get_client_js(gw, "https://evil.example")
+    assert "access-control-allow-origin" not in refused and refused["vary"] == "Origin"
+    assert "access-control-allow-origin" not in _get_client_js(gw, None)
+
+
 def test_the_gateway_wheel_ships_the_client_module(tmp_path: Path) -> None:
     uv = os.environ.get("UV") or str(ROOT / ".tools/bin/uv")
     subprocess.run(

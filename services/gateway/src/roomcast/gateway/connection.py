@@ -44,7 +44,7 @@ from roomcast.core.protocol import (
     parse_since_param,
 )
 from roomcast.core.rooms import check_room
-from roomcast.gateway import metrics
+from roomcast.gateway import metrics, static
 from roomcast.gateway.auth import AuthError, Grant, allowed
 from roomcast.gateway.hub import HANDSHAKING, OPEN, Hub, PendingJoin, ViewerState
 
@@ -187,7 +187,10 @@ class Viewer(asyncio.Protocol):
         gw = self.gw
         if path != "/ws":
             status, body, ctype = gw.http_endpoint(path, url.query)
-            self._respond(status, body, ctype)
+            extra = []
+            if path == "/client.js" and status == 200:
+                extra = static.cors_headers(request.headers.get("Origin"), gw.origins)
+            self._respond(status, body, ctype, extra)
             return
         query = urllib.parse.parse_qs(url.query, keep_blank_values=True)
         rooms = query.get("room", [])
@@ -296,7 +299,13 @@ class Viewer(asyncio.Protocol):
             response.headers["Retry-After"] = "1"
         proto.send_response(response)
 
-    def _respond(self, status: int, body: bytes, content_type: str = "text/plain") -> None:
+    def _respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str = "text/plain",
+        extra: list[tuple[str, str]] | None = None,
+    ) -> None:
         """A plain HTTP response (health, metrics, rejects), then the connection closes."""
         proto = self.proto
         assert proto is not None
@@ -306,6 +315,7 @@ class Viewer(asyncio.Protocol):
                 ("Content-Length", str(len(body))),
                 ("Content-Type", content_type),
                 ("X-Roomcast-Worker", str(self.gw.worker_id)),
+                *(extra or ()),
             ]
         )
         proto.send_response(Response(status, HTTPStatus(status).phrase, headers, body))
