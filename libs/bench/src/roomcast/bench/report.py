@@ -17,6 +17,7 @@ _ROWS: dict[str, list[tuple[str, str, str]]] = {
         ("frames_per_s", "frames/s delivered (gateway)", "{:,.0f}"),
         ("gateway_cpu_us_per_frame", "gateway CPU per frame", "{:.2f} us"),
         ("gateway_user_cpu_us_per_frame", "  of which in user space", "{:.2f} us"),
+        ("gateway_softirqd_cpu_us_per_frame", "  of which in ksoftirqd", "{:.2f} us"),
         ("fanout", "gateway --fanout", "{}"),
         ("floor_cpu_us_per_frame", "raw-socket floor CPU per frame", "{:.2f} us"),
         ("cfloor_cpu_us_per_frame", "C send() loop floor CPU per frame", "{:.2f} us"),

@@ -125,6 +125,18 @@ class Server:
         self.stop()
 
 
+def softirq_threads() -> list[psutil.Process]:
+    """The kernel's ksoftirqd threads. Network receive work that a CPU cannot finish where it was
+    raised (inline, in the sending process) goes on in them, and is charged to them, not to the
+    process that caused it: a server that sends many packets in one system call (io_uring) has
+    part of its kernel work done there. The fanout scenario counts them as the server's."""
+    out = []
+    for proc in psutil.process_iter(["name"]):
+        if (proc.info["name"] or "").startswith("ksoftirqd/"):
+            out.append(proc)
+    return out
+
+
 def cpu_seconds(procs: list[psutil.Process], user_only: bool = False) -> float:
     """CPU time of the processes (user + system; `user_only`: the time in their own code)."""
     total = 0.0
