@@ -8,6 +8,7 @@ events published twice, as ingest would after a crash" is played exactly.
 from __future__ import annotations
 
 import asyncio
+import time
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -85,8 +86,13 @@ class Pipeline:
 
         room = unique("warmup")
         async with subscribe(self.url, [room]) as sub, Producer(self.kafka, self.topic, room) as p:
+            first = asyncio.ensure_future(anext(sub))
+            deadline = time.monotonic() + timeout
+            while sub.status != "live":  # joined: what is stored from now on reaches it
+                assert not first.done() and time.monotonic() < deadline, sub.status
+                await asyncio.sleep(0.05)
             await p.send(1)
-            await asyncio.wait_for(anext(sub), timeout)
+            await asyncio.wait_for(first, timeout)
 
     def serving_worker(self, client: tuple[str, int]) -> psutil.Process:
         """The gateway worker process holding the TCP connection from `client`."""

@@ -255,8 +255,12 @@ async def test_leaving_async_with_mid_iteration_closes_the_socket(
     p = await started(pipeline, ingest=False)
     room = unique("room")
     async with subscribe(p.url, [room]) as sub, HistoryProducer(p, room) as history:
+        first = asyncio.ensure_future(anext(sub))  # iterating: the join goes out
+        # Every room joined: a blob stored from now on reaches the viewer (one stored before the
+        # gateway had subscribed would be behind the joined position, and never sent).
+        await until("live", lambda: sub.status == "live")
         await history.send(1)
-        blob = await asyncio.wait_for(anext(sub), 20)
+        blob = await asyncio.wait_for(first, 20)
         assert blob.decoded_events() == [{"n": 1}]
         ws = sub.connection
     assert ws is not None and ws.state is State.CLOSED
