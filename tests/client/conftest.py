@@ -8,8 +8,8 @@ events published twice, as ingest would after a crash" is played exactly.
 from __future__ import annotations
 
 import asyncio
-import time
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
