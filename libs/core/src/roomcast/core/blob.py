@@ -89,16 +89,10 @@ def sequenced(data: bytes, epoch: int, seq: int, prev: int) -> bytes:
 
 def relinked(data: bytes, epoch: int, seq: int, prev: int, new_prev: int) -> bytes:
     """A `sequenced` blob with another `prev` (its predecessor became known later)."""
-    old = b'%s"epoch":%d,"seq":%d,"prev":%d,' % (_BLOB_HEAD, epoch, seq, prev)
-    if not data.startswith(old):
+    head = sequenced(_BLOB_HEAD, epoch, seq, prev)  # the position `sequenced` put in front
+    if not data.startswith(head):
         return data
-    return b'%s"epoch":%d,"seq":%d,"prev":%d,%s' % (
-        _BLOB_HEAD,
-        epoch,
-        seq,
-        new_prev,
-        data[len(old) :],
-    )
+    return sequenced(_BLOB_HEAD + data[len(head) :], epoch, seq, new_prev)
 
 
 def blob_msg_id(room: str, partition: int, offsets: list[int]) -> str:

@@ -213,3 +213,8 @@ class ClientAddress:
 
 def parse_origins(origins: str) -> frozenset[str]:
     return frozenset(o.strip().rstrip("/").lower() for o in origins.split(",") if o.strip())
+
+
+def origin_listed(origin: str, origins: frozenset[str]) -> bool:
+    """The request's `Origin` is one of `parse_origins`' (compared as they are stored)."""
+    return origin.rstrip("/").lower() in origins

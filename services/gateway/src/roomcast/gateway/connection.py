@@ -45,7 +45,7 @@ from roomcast.core.protocol import (
 )
 from roomcast.core.rooms import check_room
 from roomcast.gateway import metrics, static
-from roomcast.gateway.auth import AuthError, Grant, allowed
+from roomcast.gateway.auth import AuthError, Grant, allowed, origin_listed
 from roomcast.gateway.hub import HANDSHAKING, OPEN, Hub, PendingJoin, ViewerState
 
 if TYPE_CHECKING:
@@ -197,7 +197,7 @@ class Viewer(asyncio.Protocol):
         headers = request.headers
         if gw.origins:
             origin = headers.get("Origin")
-            if origin is not None and origin.rstrip("/").lower() not in gw.origins:
+            if origin is not None and not origin_listed(origin, gw.origins):
                 metrics.REJECTED.labels("origin").inc()
                 self._refuse(HTTPStatus.FORBIDDEN, f"origin {origin[:100]!r} is not allowed\n")
                 return

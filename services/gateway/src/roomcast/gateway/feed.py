@@ -16,7 +16,6 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from nats.js.errors import NotFoundError
 
@@ -144,14 +143,10 @@ class NatsFeed:
 
     async def subscribe(self, room: str) -> None:
         assert self.nc is not None
-        direct = functools.partial(self._blob, room)
-
-        async def on_msg(msg: Msg) -> None:  # nats-py's own path: see natsclient
-            direct(msg.data, msg.headers)
-
-        on_msg.direct = direct  # type: ignore[attr-defined]
-        sub = await self.nc.subscribe(
-            room_subject(room, self.prefix), cb=on_msg, pending_msgs_limit=100_000
+        sub = await self.nc.subscribe_direct(
+            room_subject(room, self.prefix),
+            functools.partial(self._blob, room),
+            pending_msgs_limit=100_000,
         )
         self.subs[room] = sub
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from importlib.resources import files
 
+from roomcast.gateway.auth import origin_listed
+
 CLIENT_JS_TYPE = "text/javascript; charset=utf-8"
 CLIENT_JS = files("roomcast.gateway").joinpath("static", "client.js").read_bytes()
 
@@ -21,6 +23,6 @@ def cors_headers(origin: str | None, allowed: frozenset[str]) -> list[tuple[str,
     (`--allowed-origins` empty); else only those it takes viewers from."""
     if not allowed:
         return [("Access-Control-Allow-Origin", "*")]
-    if origin is not None and origin.rstrip("/").lower() in allowed:
+    if origin is not None and origin_listed(origin, allowed):
         return [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
     return [("Vary", "Origin")]
