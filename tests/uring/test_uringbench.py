@@ -4,6 +4,7 @@ the JSON hold sane figures (not speed)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,5 +33,24 @@ def test_uringbench_tiny(tmp_path: Path) -> None:
     for name, s in result["summary"].items():
         assert s["failed"] == 0, name
         assert 0 < s["us_per_frame_min"] <= s["us_per_frame_median"] <= s["us_per_frame_max"]
+        # ksoftirqd's share is part of the figure, never more than it
+        assert 0 <= s["softirqd_us_per_frame_median"] <= s["us_per_frame_max"]
         assert f"| {name} |" in run.stdout
     assert len(result["rounds_detail"]) == 2
+    assert result["softirqd_threads"] >= 1  # counted: visible on this machine
+    for rd in result["rounds_detail"]:
+        for m in rd.values():
+            assert m["us_per_frame"] == pytest.approx(
+                m["own_us_per_frame"] + m["softirqd_us_per_frame"]
+            )
+
+
+def test_softirqd_threads_are_found_and_counted() -> None:
+    """The kernel's ksoftirqd threads are visible here (one per CPU) and their time only grows."""
+    from roomcast.bench.uringbench import softirqd_ns, softirqd_tids
+
+    tids = softirqd_tids()
+    assert 1 <= len(tids) <= (os.cpu_count() or 1)
+    first = softirqd_ns(tids)
+    assert first > 0
+    assert softirqd_ns(tids) >= first
