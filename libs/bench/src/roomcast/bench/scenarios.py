@@ -156,6 +156,11 @@ def _measure_server(
         clients.reset()
         client_procs = [psutil.Process(p) for p in clients.pids]
         softirqd = stack.softirq_threads()
+        if not softirqd:
+            c.progress(
+                f"[fanout {label}] no ksoftirqd thread visible (a PID namespace?): "
+                "the kernel's deferred work is left out, softirqd figures are null"
+            )
         cpu0, ccpu0, t0 = server.cpu_seconds(), stack.cpu_seconds(client_procs), time.monotonic()
         user0, kcpu0 = server.cpu_seconds(user_only=True), stack.cpu_seconds(softirqd)
 
@@ -186,7 +191,7 @@ def _measure_server(
     return {
         "cpu_us_per_frame": cpu / frames * 1e6 if frames else None,
         "user_cpu_us_per_frame": user / frames * 1e6 if frames else None,
-        "softirqd_cpu_us_per_frame": kcpu / frames * 1e6 if frames else None,
+        "softirqd_cpu_us_per_frame": kcpu / frames * 1e6 if frames and softirqd else None,
         "client_cpu_us_per_frame": ccpu / frames * 1e6 if frames else None,
         "frames": frames,
         "frames_per_s": frames / elapsed,
