@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import os
+import signal
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -209,6 +211,41 @@ async def test_rebalance_during_nats_outage_keeps_memory_flat_and_loses_nothing(
     assert events_by_room(blobs, dedup=True) == {r: list(range(1, 6001)) for r in rooms}
     await until("every offset committed", lambda: fully_committed(ingest_env, 8))
     alive(a, c)
+
+
+async def test_publishes_lost_with_a_dead_connection_are_sent_again_on_reconnect(
+    ingest_env: IngestEnv, private_nats: LocalNats
+) -> None:
+    """A publish whose reply can never come (its server died with the request unanswered) used
+    to wait out --ack-timeout-s after the reconnect, and its room's later blobs behind it. Every
+    unacknowledged publish now goes again (same Msg-Id) as soon as the connection is back."""
+    ingest_env.nats = private_nats.url
+    worker = ingest_env.start("--window-ms", "100", "--ack-timeout-s", "120",
+                              "--history-msgs", "100000")  # fmt: skip
+    rooms = [f"r{i}" for i in range(4)]
+    records, _ = room_events(rooms, 400)
+    await ingest_env.produce(records[:200])
+    await ingest_env.stream_blobs(200, timeout=30)  # flowing
+
+    pid = private_nats.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)  # the server takes the requests in, and never answers them
+    try:
+        await ingest_env.produce(records[200:])
+        await asyncio.sleep(2)  # every room's blob is published and waits for its ack
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGCONT)
+    private_nats.stop()
+    private_nats.start()  # same port, same store: the client reconnects
+    back = time.monotonic()
+
+    blobs = await ingest_env.stream_blobs(len(records), timeout=20)
+    took = time.monotonic() - back
+    assert events_by_room(blobs, dedup=True) == {r: list(range(1, 101)) for r in rooms}, (
+        f"not all stored {took:.1f}s after NATS came back:\n{worker.log_tail()}"
+    )
+    alive(worker)
 
 
 # ---- 8: the stream's settings and failed publishes --------------------------------------------

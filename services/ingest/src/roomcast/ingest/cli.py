@@ -94,7 +94,8 @@ def _opt(*names: str, help: str, **kw: Any) -> Callable[[F], F]:
 @_opt("--max-in-flight", default=_D.max_in_flight, type=click.IntRange(min=1),
       help="Events consumed but not yet acked by JetStream before consumption pauses.")  # fmt: skip
 @_opt("--ack-timeout-s", default=_D.ack_timeout_s, type=click.FloatRange(min=0.1),
-      help="Republish a blob (same Msg-Id: stored once) not acked in this time.")  # fmt: skip
+      help="Republish a blob (same Msg-Id: stored once) not acked in this time; after a NATS "
+           "reconnect, unacked blobs go again at once.")  # fmt: skip
 @_opt("--dlq-retry-max-s", default=_D.dlq_retry_max_s, type=click.FloatRange(min=0.5),
       help="Longest wait between attempts to write dead letters (backoff from 0.5 s); while "
       "they fail, only their partitions are paused.")  # fmt: skip

@@ -191,6 +191,9 @@ class IngestWorker:
         self.in_flight: dict[int, _InFlight] = {}
         self._rooms_unacked: dict[str, deque[_InFlight]] = {}  # subject -> its unacked, in order
         self._sent: dict[int, _InFlight] = {}  # the blobs sent and not acked, by time of sending
+        # Set on reconnect: what was sent before it can no longer be acked (the reply would go
+        # to the old connection), so it goes again at once instead of after --ack-timeout-s.
+        self._lost_before: float | None = None
         self.held = 0  # blobs waiting for an earlier blob of their room to be acked
         self._tasks: set[asyncio.Task[None]] = set()
         self.backlog: deque[PendingBlob] = deque()  # due blobs waiting for NATS to come back
@@ -247,6 +250,7 @@ class IngestWorker:
             )
 
         async def reconnected() -> None:
+            self._lost_before = time.monotonic()
             log.info("NATS reconnected; resuming", extra={"nats": self.cfg.nats})
 
         errors = _Every(10.0)  # while NATS is down, nats-py reports each reconnect attempt
@@ -660,14 +664,21 @@ class IngestWorker:
     def _retry_timed_out(self, now: float) -> None:
         """Send again every blob JetStream has not acked in time, or whose publish failed at
         least a retry interval ago (same Nats-Msg-Id: stored once). Only the oldest unacked blob
-        of each room is ever sent (see `_enqueue`), so a retry cannot land behind a later one."""
-        if not self._sent or not self._nats_up():
+        of each room is ever sent (see `_enqueue`), so a retry cannot land behind a later one.
+        After a reconnect, everything sent before it goes again now: no ack can come for it."""
+        if not self._nats_up():
+            return
+        lost_before, self._lost_before = self._lost_before or 0.0, None
+        if not self._sent:
             return
         timeout = self.cfg.ack_timeout_s
         retry = min(1.0, timeout)  # after a failed publish: paced, not every loop turn
         # `_sent` is in order of sending: nothing sent after `now - retry` can be due.
         stale = []
         for entry in self._sent.values():
+            if entry.sent_at < lost_before:
+                stale.append(entry)
+                continue
             if now - entry.sent_at < retry:
                 break
             if entry.future is None or now - entry.sent_at >= timeout:
