@@ -17,10 +17,7 @@ The parent drives each process through a pipe (`ViewerProcesses`), as `loadclien
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import multiprocessing as mp
 import random
-import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -30,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from roomcast.bench import pipes
 from roomcast.bench.checker import Latencies, RoomLog
 from roomcast.core.blob import decode_blob
 from roomcast.core.positions import Deduper
@@ -309,47 +307,26 @@ class _Process:
 
 async def _serve(conn: Connection) -> None:
     proc = _Process()
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def read_commands() -> None:  # a thread: the pipe stays blocking
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                msg = ("exit", None)
-            loop.call_soon_threadsafe(commands.put_nowait, msg)
-            if msg[0] == "exit":
-                return
-
-    threading.Thread(target=read_commands, daemon=True).start()
+    queue = pipes.commands(conn)
     while True:
-        cmd, arg = await commands.get()
+        cmd, arg = await queue.get()
         if cmd == "start":
             proc.start(arg["specs"], arg["ports"], arg["client"])
-            conn.send(None)
+            pipes.reply(conn)
         elif cmd == "stats":
-            conn.send(proc.stats(arg))
+            pipes.reply(conn, proc.stats(arg))
         elif cmd == "pause":
             proc.pause(arg["names"], arg["seconds"])
-            conn.send(None)
+            pipes.reply(conn)
         elif cmd == "drop":
-            conn.send(proc.drop())
+            pipes.reply(conn, proc.drop())
         elif cmd == "collect":
             await proc.stop()
-            conn.send(proc.collect())
+            pipes.reply(conn, proc.collect())
         elif cmd == "exit":
             await proc.stop()
-            with contextlib.suppress(OSError):
-                conn.send(None)
+            pipes.reply(conn)
             return
-
-
-def _main(conn: Connection) -> None:
-    import uvloop
-
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve(conn))
 
 
 class ViewerProcesses:
@@ -358,31 +335,21 @@ class ViewerProcesses:
     def __init__(
         self, specs: Sequence[ViewerSpec], ports: list[int], processes: int, client: str = "sdk"
     ) -> None:
-        ctx = mp.get_context("spawn")
         self.count = max(1, min(processes, len(specs)))
-        self._pipes: list[Connection] = []
-        self._procs: list[Any] = []
-        for _ in range(self.count):
-            parent, child = ctx.Pipe()
-            p = ctx.Process(target=_main, args=(child,), daemon=True)
-            p.start()
-            child.close()
-            self._pipes.append(parent)
-            self._procs.append(p)
-        for i, pipe in enumerate(self._pipes):
-            share = list(specs[i :: self.count])
-            pipe.send(("start", {"specs": share, "ports": ports, "client": client}))
-        for pipe in self._pipes:
-            pipe.recv()
+        self._pool = pipes.ProcessPool(_serve, self.count)
+        self._pool.each(
+            [
+                ("start", {"specs": list(specs[i :: self.count]), "ports": ports, "client": client})
+                for i in range(self.count)
+            ]
+        )
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
+        return self._pool.pids
 
     def _all(self, cmd: str, arg: Any = None) -> list[Any]:
-        for pipe in self._pipes:
-            pipe.send((cmd, arg))
-        return [pipe.recv() for pipe in self._pipes]
+        return self._pool.all(cmd, arg)
 
     def stats(self, produced: dict[str, int] | None = None) -> dict[str, Any]:
         total: dict[str, Any] = {"errors": []}
@@ -412,15 +379,7 @@ class ViewerProcesses:
         return logs, lat
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            self._all("exit")
-        for p in self._procs:
-            p.join(5)
-            if p.is_alive():
-                p.kill()
-                p.join(2)
-        self._procs.clear()
-        self._pipes.clear()
+        self._pool.close()
 
     def __enter__(self) -> ViewerProcesses:
         return self

@@ -20,11 +20,9 @@ import asyncio
 import bisect
 import contextlib
 import math
-import multiprocessing as mp
 import random
 import socket
 import struct
-import threading
 import time
 import zlib
 from collections import Counter
@@ -34,6 +32,7 @@ from typing import Any
 
 import msgspec
 
+from roomcast.bench import pipes
 from roomcast.client.subscription import Status, Subscription
 from roomcast.core.blob import Blob, decode_blob
 from roomcast.core.protocol import Joined, Reset
@@ -460,22 +459,9 @@ class _Client:
 
 async def _serve(conn: Connection) -> None:
     client = _Client()
-    loop = asyncio.get_running_loop()
-    commands: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-
-    def read_commands() -> None:  # a thread: the pipe stays blocking (add_reader would not)
-        while True:
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                msg = ("exit", None)
-            loop.call_soon_threadsafe(commands.put_nowait, msg)
-            if msg[0] == "exit":
-                return
-
-    threading.Thread(target=read_commands, daemon=True).start()
+    queue = pipes.commands(conn)
     while True:
-        cmd, arg = await commands.get()
+        cmd, arg = await queue.get()
         if cmd == "connect":
             client.connect(
                 arg["host"],
@@ -487,28 +473,20 @@ async def _serve(conn: Connection) -> None:
                 arg.get("compress", False),
                 arg.get("churn_s", 0.0),
             )
-            conn.send(None)
+            pipes.reply(conn)
         elif cmd == "stats":
-            conn.send(client.stats(latencies=bool(arg)))
+            pipes.reply(conn, client.stats(latencies=bool(arg)))
         elif cmd == "reset":
             client.reset()
-            conn.send(None)
+            pipes.reply(conn)
         elif cmd == "drop":
             client.drop_all()
             await asyncio.sleep(0)
-            conn.send(None)
+            pipes.reply(conn)
         elif cmd == "exit":
             client.drop_all()
-            with contextlib.suppress(OSError):
-                conn.send(None)
+            pipes.reply(conn)
             return
-
-
-def _main(conn: Connection) -> None:
-    import uvloop
-
-    with contextlib.suppress(KeyboardInterrupt):
-        uvloop.run(_serve(conn))
 
 
 _LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends RST
@@ -529,16 +507,7 @@ class LoadClients:
     def __init__(self, viewers: int, per_process: int = PER_PROCESS) -> None:
         self.count = max(1, -(-viewers // per_process))
         self._rounds = 0
-        ctx = mp.get_context("spawn")
-        self._pipes: list[Connection] = []
-        self._procs: list[Any] = []
-        for _ in range(self.count):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_main, args=(child,), daemon=True)
-            proc.start()
-            child.close()
-            self._pipes.append(parent)
-            self._procs.append(proc)
+        self._pool = pipes.ProcessPool(_serve, self.count)
 
     def _source(self, i: int) -> str:
         """The loopback address process `i` connects from in this round. One source address
@@ -548,12 +517,10 @@ class LoadClients:
 
     @property
     def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
+        return self._pool.pids
 
     def _all(self, cmd: str, arg: Any = None) -> list[Any]:
-        for pipe in self._pipes:
-            pipe.send((cmd, arg))
-        return [pipe.recv() for pipe in self._pipes]
+        return self._pool.all(cmd, arg)
 
     def connect(
         self,
@@ -569,15 +536,14 @@ class LoadClients:
         `churn_s` > 0: SDK viewers that drop and resume every ~churn_s seconds."""
         deadline = time.time() + timeout
         self._rounds += 1
-        for i, pipe in enumerate(self._pipes):
-            share = list(paths[i :: self.count])
-            pipe.send(
+        self._pool.each(
+            [
                 (
                     "connect",
                     {
                         "host": host,
                         "port": port,
-                        "paths": share,
+                        "paths": list(paths[i :: self.count]),
                         "inspect": inspect,
                         "deadline": deadline,
                         "source": self._source(i),
@@ -585,9 +551,9 @@ class LoadClients:
                         "churn_s": churn_s,
                     },
                 )
-            )
-        for pipe in self._pipes:
-            pipe.recv()
+                for i in range(self.count)
+            ]
+        )
 
     def stats(self, latencies: bool = False) -> dict[str, Any]:
         total: dict[str, Any] = {}
@@ -609,14 +575,7 @@ class LoadClients:
         self._all("drop")
 
     def close(self) -> None:
-        with contextlib.suppress(OSError, EOFError):
-            self._all("exit")
-        for proc in self._procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-        self._procs.clear()
-        self._pipes.clear()
+        self._pool.close()
 
     def __enter__(self) -> LoadClients:
         return self
