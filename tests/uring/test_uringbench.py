@@ -47,10 +47,10 @@ def test_uringbench_tiny(tmp_path: Path) -> None:
 
 def test_softirqd_threads_are_found_and_counted() -> None:
     """The kernel's ksoftirqd threads are visible here (one per CPU) and their time only grows."""
-    from roomcast.bench.uringbench import softirqd_ns, softirqd_tids
+    from roomcast.bench.stack import softirq_ns, softirq_threads
 
-    tids = softirqd_tids()
-    assert 1 <= len(tids) <= (os.cpu_count() or 1)
-    first = softirqd_ns(tids)
+    threads = softirq_threads()
+    assert 1 <= len(threads) <= (os.cpu_count() or 1)
+    first = softirq_ns(threads)
     assert first > 0
-    assert softirqd_ns(tids) >= first
+    assert softirq_ns(threads) >= first

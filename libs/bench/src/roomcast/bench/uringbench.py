@@ -55,6 +55,7 @@ from typing import Any
 
 import uvloop
 
+from roomcast.bench import stack
 from roomcast.core.frames import text_frame
 from roomcast.uring import Ring, available, write_all, write_all_python
 
@@ -73,26 +74,6 @@ def _raise_nofile() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def softirqd_tids() -> list[int]:
-    """The kernel's ksoftirqd threads (none visible: an empty list, and their time counts 0)."""
-    tids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                if (entry / "comm").read_text().startswith("ksoftirqd/"):
-                    tids.append(int(entry.name))
-    return tids
-
-
-def softirqd_ns(tids: list[int]) -> int:
-    """Their CPU time so far, in nanoseconds (schedstat's first field: exact, not in ticks)."""
-    total = 0
-    for tid in tids:
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            total += int(Path(f"/proc/{tid}/schedstat").read_text().split()[0])
-    return total
 
 
 def _pin(cpu: int) -> None:
@@ -247,11 +228,11 @@ class Bench:
         cpu = dict.fromkeys(names, 0.0)
         softirq = dict.fromkeys(names, 0)
         failed = dict.fromkeys(names, 0)
-        tids = softirqd_tids()
+        softirqd = stack.softirq_threads()
         await self.wait_read(self.sent_bytes, "before the round")
         k = shift % len(names)
         for name in names[k:] + names[:k]:
-            k0 = softirqd_ns(tids)
+            k0 = stack.softirq_ns(softirqd)
             for _ in range(frames):
                 if time.monotonic() > self.deadline:
                     raise TimeoutError("--max-seconds reached")
@@ -267,7 +248,7 @@ class Bench:
                 if name == "uvloop" and any(t.get_write_buffer_size() for t in self.transports):
                     failed[name] += 1  # a transport had to buffer: a socket was full
             await self.wait_read(self.sent_bytes, name)
-            softirq[name] += softirqd_ns(tids) - k0
+            softirq[name] += stack.softirq_ns(softirqd) - k0
         out = {}
         for name in names:
             delivered = frames * n - failed[name]
@@ -358,7 +339,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "frames_per_variant_per_round": args.frames,
         "rounds": args.rounds,
         "pinned": not args.no_pin,
-        "softirqd_threads": len(softirqd_tids()),
+        "softirqd_threads": len(stack.softirq_threads()),
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),

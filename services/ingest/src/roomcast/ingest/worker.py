@@ -193,7 +193,7 @@ class IngestWorker:
         self._sent: dict[int, _InFlight] = {}  # the blobs sent and not acked, by time of sending
         # Set on reconnect: what was sent before it can no longer be acked (the reply would go
         # to the old connection), so it goes again at once instead of after --ack-timeout-s.
-        self._lost_before: float | None = None
+        self._lost_before = 0.0
         self.held = 0  # blobs waiting for an earlier blob of their room to be acked
         self._tasks: set[asyncio.Task[None]] = set()
         self.backlog: deque[PendingBlob] = deque()  # due blobs waiting for NATS to come back
@@ -668,7 +668,7 @@ class IngestWorker:
         After a reconnect, everything sent before it goes again now: no ack can come for it."""
         if not self._nats_up():
             return
-        lost_before, self._lost_before = self._lost_before or 0.0, None
+        lost_before, self._lost_before = self._lost_before, 0.0
         if not self._sent:
             return
         timeout = self.cfg.ack_timeout_s
